@@ -1,0 +1,265 @@
+"""Freeze and unfreeze a pretrained base, with a BatchNormalization policy.
+
+Keras 3 decides what trains from `layer.trainable`, and a
+`BatchNormalization` layer with `trainable=False` runs in inference mode even
+when `fit` passes `training=True`. A `training=False` baked into a functional
+graph does not help: `fit` overrides it (keras#20285). So the `trainable` flag
+of each BatchNormalization layer is the one switch that keeps its moving
+statistics from being overwritten by the small batches of a fine-tuning set.
+`unfreeze` leaves those layers frozen unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+__all__ = [
+    "batchnorm_layers",
+    "freeze",
+    "unfreeze",
+    "trainable_summary",
+    "TrainableSummary",
+]
+
+
+def _check_layer(value, argument: str) -> None:
+    if not isinstance(value, keras.layers.Layer):
+        raise TypeError(
+            f"`{argument}` must be a keras Layer or Model. "
+            f"Received: {argument}={value!r} of type {type(value).__name__}"
+        )
+
+
+def _children(layer: keras.layers.Layer) -> list:
+    """The layers directly inside `layer`, in the order they were added."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _all_layers(layer: keras.layers.Layer) -> list:
+    """`layer` and every layer nested in it, depth first, in model order, once each."""
+    ordered, seen = [], set()
+
+    def visit(current):
+        if id(current) not in seen:
+            seen.add(id(current))
+            ordered.append(current)
+            for child in _children(current):
+                visit(child)
+
+    visit(layer)
+    return ordered
+
+
+def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
+    """Every `keras.layers.BatchNormalization` inside `model_or_layer`.
+
+    Nested models are searched too; `model_or_layer` itself is included when
+    it is a BatchNormalization layer.
+
+    Args:
+        model_or_layer: keras.layers.Layer. The model or layer to search.
+
+    Returns:
+        A list of BatchNormalization layers, in depth-first order.
+    """
+    _check_layer(model_or_layer, "model_or_layer")
+    return [
+        layer
+        for layer in _all_layers(model_or_layer)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def freeze(model_or_layer: keras.layers.Layer) -> keras.layers.Layer:
+    """Make a model or layer, and everything nested in it, non-trainable.
+
+    Its weights stop training and its BatchNormalization layers run in
+    inference mode. If the model was already compiled, the change reaches
+    `fit` only after `compile` is called again (Keras traces the train step
+    once).
+
+    Args:
+        model_or_layer: keras.layers.Layer. The model or layer to freeze.
+
+    Returns:
+        `model_or_layer`, for chaining.
+
+    Example:
+
+    >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> freeze(base).trainable_weights
+    []
+    """
+    _check_layer(model_or_layer, "model_or_layer")
+    model_or_layer.trainable = False
+    return model_or_layer
+
+
+def _first_unfrozen_index(layers: list, top, from_layer) -> int:
+    """Index in `layers` of the lowest entry to make trainable."""
+    if top is not None and from_layer is not None:
+        raise ValueError(
+            "Pass `top` or `from_layer`, not both. "
+            f"Received: top={top!r}, from_layer={from_layer!r}"
+        )
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)):
+            raise TypeError(
+                f"`top` must be an int. Received: top={top!r} "
+                f"of type {type(top).__name__}"
+            )
+        if not 0 <= top <= len(layers):
+            raise ValueError(
+                f"`top` must be between 0 and the {len(layers)} entries of "
+                f"`base_model.layers`. Received: top={top}"
+            )
+        return len(layers) - int(top)
+    if from_layer is None:
+        return 0
+    if isinstance(from_layer, str):
+        names = [layer.name for layer in layers]
+        if from_layer not in names:
+            raise ValueError(
+                "`from_layer` must name an entry of `base_model.layers` "
+                f"(known: {', '.join(names)}). Received: from_layer={from_layer!r}"
+            )
+        return names.index(from_layer)
+    _check_layer(from_layer, "from_layer")
+    for index, layer in enumerate(layers):
+        if layer is from_layer:
+            return index
+    raise ValueError(
+        "`from_layer` is not one of the entries of `base_model.layers`. "
+        f"Received: from_layer={from_layer.name!r}"
+    )
+
+
+def unfreeze(
+    base_model: keras.Model,
+    top: int | None = None,
+    from_layer: str | keras.layers.Layer | None = None,
+    freeze_batchnorm: bool = True,
+) -> keras.Model:
+    """Make the top of a pretrained base trainable, the rest frozen.
+
+    With neither `top` nor `from_layer`, the whole base becomes trainable.
+    With `top=N`, the top N entries of `base_model.layers` (the input layer
+    counts as the lowest entry); `top=0` freezes the whole base. With
+    `from_layer`, that layer and every entry above it. Everything below the
+    chosen entries is frozen, so successive calls can move the boundary either
+    way.
+
+    BatchNormalization layers anywhere in the base stay frozen, which keeps
+    them in inference mode with their pretrained moving statistics, unless
+    `freeze_batchnorm=False`. Small fine-tuning batches otherwise overwrite
+    those statistics and accuracy collapses.
+
+    If the model was already compiled, the change reaches `fit` only after
+    `compile` is called again.
+
+    Args:
+        base_model: keras.Model. The pretrained base (its `layers` are the
+            entries counted by `top`).
+        top: int. How many entries of `base_model.layers`, counted from the
+            top, to make trainable. Defaults to `None` (the whole base).
+        from_layer: str or keras.layers.Layer. The lowest entry of
+            `base_model.layers` to make trainable, by name or by object.
+            Defaults to `None`.
+        freeze_batchnorm: bool. Keep BatchNormalization layers frozen.
+            Defaults to `True`.
+
+    Returns:
+        `base_model`, for chaining.
+
+    Example:
+
+    >>> base = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(8)]
+    ... )
+    >>> len(unfreeze(base, top=1).trainable_weights)
+    2
+    """
+    if not isinstance(base_model, keras.Model):
+        raise TypeError(
+            "`base_model` must be a keras.Model. "
+            f"Received: base_model={base_model!r} of type {type(base_model).__name__}"
+        )
+    layers = base_model.layers
+    start = _first_unfrozen_index(layers, top, from_layer)
+    if start == len(layers):
+        base_model.trainable = False
+        return base_model
+    base_model.trainable = True
+    for layer in layers[:start]:
+        layer.trainable = False
+    if freeze_batchnorm:
+        for layer in batchnorm_layers(base_model):
+            layer.trainable = False
+    return base_model
+
+
+class TrainableSummary(dict):
+    """The counts of `trainable_summary`, a dict that prints as a table."""
+
+    def __str__(self) -> str:
+        rows = [
+            ("", "trainable", "non-trainable"),
+            ("parameters", self["trainable_params"], self["non_trainable_params"]),
+            ("layers with weights", self["trainable_layers"], self["frozen_layers"]),
+            ("BatchNorm layers", self["batchnorm_training"], self["batchnorm_inference"]),
+        ]
+        lines = [f"{rows[0][0]:<20}{rows[0][1]:>12}{rows[0][2]:>16}"]
+        lines += [f"{name:<20}{a:>12,}{b:>16,}" for name, a, b in rows[1:]]
+        lines.append("(BatchNorm: trainable = training mode, non-trainable = inference mode)")
+        return "\n".join(lines)
+
+
+def _size(variables) -> int:
+    return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))
+
+
+def trainable_summary(model: keras.layers.Layer) -> TrainableSummary:
+    """Count what trains in a model: parameters, layers, BatchNorm modes.
+
+    Parameter counts are those Keras reports in `model.summary()`. A layer is
+    counted if it owns weights and has no sublayers; it is trainable if any of
+    its weights is among `model.trainable_weights` (a layer whose own flag is
+    `True` inside a frozen parent does not train). A BatchNormalization layer
+    runs in training mode during `fit` when its own `trainable` flag is set.
+
+    Args:
+        model: keras.layers.Layer. The model (or layer) to summarise.
+
+    Returns:
+        A `TrainableSummary` dict with keys `trainable_params`,
+        `non_trainable_params`, `trainable_layers`, `frozen_layers`,
+        `batchnorm_training` and `batchnorm_inference`; `print()` it for a
+        table.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> trainable_summary(model)["trainable_params"]
+    10
+    """
+    _check_layer(model, "model")
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    leaves = [
+        layer
+        for layer in _all_layers(model)
+        if layer.weights and not _children(layer)
+    ]
+    trainable_layers = sum(
+        any(id(v) in trainable_ids for v in layer.weights) for layer in leaves
+    )
+    batchnorm = batchnorm_layers(model)
+    batchnorm_training = sum(bool(layer.trainable) for layer in batchnorm)
+    return TrainableSummary(
+        trainable_params=_size(model.trainable_weights),
+        non_trainable_params=_size(model.non_trainable_weights),
+        trainable_layers=trainable_layers,
+        frozen_layers=len(leaves) - trainable_layers,
+        batchnorm_training=batchnorm_training,
+        batchnorm_inference=len(batchnorm) - batchnorm_training,
+    )

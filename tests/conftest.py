@@ -1,0 +1,46 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_base(name="base"):
+    """A small conv base: conv-BN-relu, conv-BN-relu, conv (7 entries in `layers`)."""
+    inputs = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv0")(inputs)
+    x = keras.layers.BatchNormalization(name="bn0")(x)
+    x = keras.layers.ReLU(name="relu0")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="conv2")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@pytest.fixture
+def base():
+    keras.utils.set_random_seed(0)
+    return make_base()
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.normal(2.0, 3.0, size=(32, 8, 8, 1)).astype("float32")
+
+
+@pytest.fixture
+def int_labels():
+    return np.arange(32, dtype="int32") % 3
+
+
+def snapshot(layer):
+    """Copies of every weight of `layer`, keyed by variable path."""
+    return {v.path: np.array(v.numpy()) for v in layer.weights}
+
+
+def changed(before, layer):
+    """Paths of the weights of `layer` whose values differ from `before`."""
+    return {v.path for v in layer.weights if not np.array_equal(before[v.path], v.numpy())}
