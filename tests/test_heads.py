@@ -143,5 +143,6 @@ def test_rejects_what_is_not_a_model():
     with pytest.raises(TypeError, match="Received: base_model='resnet'"):
         build_classifier("resnet", 3)
     inputs = keras.Input((4,))
+    dense_base = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.raises(TypeError, match="Received: hidden_units='128'"):
-        build_classifier(keras.Model(inputs, inputs), 3, hidden_units="128")
+        build_classifier(dense_base, 3, hidden_units="128")
