@@ -45,7 +45,10 @@ def _check_arguments(num_classes, hidden_units, dropout, pooling):
             f"{len(hidden_units) + 1} rates for hidden_units={hidden_units!r}. "
             f"Received: dropout={dropout!r}"
         )
-    if any(not 0.0 <= float(rate) < 1.0 for rate in dropout):
+    if any(
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0
+        for rate in dropout
+    ):
         raise ValueError(f"Dropout rates must be in [0, 1). Received: dropout={dropout!r}")
     if pooling not in ("avg", "max", "flatten", None):
         raise ValueError(
@@ -74,6 +77,23 @@ def _pool(features, pooling):
             f"Received: base output of shape {tuple(features.shape)}"
         )
     return _POOLING[pooling][rank](name="head_pool")(features)
+
+
+def _base_input_shape(base_model) -> tuple:
+    """The base's one input shape, without the batch axis."""
+    try:
+        shape = base_model.input_shape
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"The base {base_model.name!r} has no input shape yet; pass `input_shape`. "
+            "Received: input_shape=None"
+        ) from None
+    if isinstance(shape, list) or (shape and isinstance(shape[0], (tuple, list))):
+        raise ValueError(
+            "build_classifier supports bases with one input. "
+            f"Received: base_model with input shapes {shape}"
+        )
+    return tuple(shape[1:])
 
 
 def build_classifier(
@@ -142,22 +162,11 @@ def build_classifier(
         num_classes, hidden_units, _as_tuple(dropout, "dropout"), pooling
     )
     if input_shape is None:
-        try:
-            input_shape = base_model.input_shape[1:]
-        except (AttributeError, ValueError):
-            raise ValueError(
-                f"The base {base_model.name!r} has no input shape yet; pass `input_shape`. "
-                "Received: input_shape=None"
-            ) from None
-        if isinstance(input_shape[0], (tuple, list)):
-            raise ValueError(
-                "build_classifier supports bases with one input. "
-                f"Received: base_model with input shapes {base_model.input_shape}"
-            )
+        input_shape = _base_input_shape(base_model)
     if num_classes == 1 and activation == "softmax":
         activation = "sigmoid"
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    inputs = keras.Input(shape=tuple(input_shape))
     x = _pool(base_model(inputs), pooling)
     for index, (units, rate) in enumerate(zip(hidden_units, dropout)):
         if rate:

@@ -88,6 +88,13 @@ def test_base_that_already_pools_needs_no_pooling():
     assert "head_pool" not in [layer.name for layer in model.layers]
 
 
+def test_multi_input_base_is_refused():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    base = keras.Model([a, b], keras.layers.Add()([a, b]))
+    with pytest.raises(ValueError, match="one input"):
+        build_classifier(base, 2)
+
+
 def test_unbuilt_subclassed_base_needs_input_shape():
     class Base(keras.Model):
         def __init__(self):
@@ -130,6 +137,7 @@ def test_saved_classifier_reloads_with_same_predictions(base, images, tmp_path):
         ({"num_classes": 3, "hidden_units": (0,)}, "Received: hidden_units=(0,)"),
         ({"num_classes": 3, "dropout": (0.5,) * 3}, "Received: dropout=(0.5, 0.5, 0.5)"),
         ({"num_classes": 3, "dropout": 1.0}, "Received: dropout=(1.0, 1.0)"),
+        ({"num_classes": 3, "dropout": ("0.5", 0.3)}, "Received: dropout=('0.5', 0.3)"),
         ({"num_classes": 3, "pooling": "mean"}, "Received: pooling='mean'"),
         ({"num_classes": 3, "pooling": None}, "Received: pooling=None"),
     ],
