@@ -77,7 +77,7 @@ def smooth_labels(labels, epsilon: float, num_classes: int | None = None, mode: 
     """
     epsilon = _check_smoothing(epsilon, mode, "epsilon")
     labels = ops.convert_to_tensor(labels)
-    if "int" in str(labels.dtype):
+    if "int" in keras.backend.standardize_dtype(labels.dtype):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(
                 "Integer labels need `num_classes`, a positive int. "
