@@ -122,7 +122,7 @@ def run_demo(
             if seed == 0 and recipe == RECIPES[1]:
                 print_fn(f"What trains in the fine-tuned model:\n{trainable_summary(model)}\n")
         print_fn(f"seed {seed}: " + ", ".join(f"{results[r][-1][0]:.1%}" for r in RECIPES))
-    print_fn(format_table(results, shots, len(target_labels) - len(train)))
+    print_fn(format_table(results, shots, len(test)))
     return results
 
 
