@@ -190,6 +190,9 @@ def unfreeze(
     if start == len(layers):
         base_model.trainable = False
         return base_model
+    # Keras 3 ignores setting `trainable` to the value it already has, which
+    # would leave sublayers frozen by an earlier call frozen: reset through False.
+    base_model.trainable = False
     base_model.trainable = True
     for layer in layers[:start]:
         layer.trainable = False

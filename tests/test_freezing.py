@@ -79,6 +79,9 @@ def test_unfreeze_moves_the_boundary_both_ways(base):
     assert base.trainable_weights == [] and not base.trainable
     unfreeze(base, top=len(base.layers))
     assert len(base.trainable_weights) == 6
+    unfreeze(base, top=1)
+    unfreeze(base)  # from a trainable base whose lower layers are frozen
+    assert len(base.trainable_weights) == 6
 
 
 def test_batchnorm_layers_finds_nested_layers(base):
