@@ -15,7 +15,7 @@ _NAMES = {
     "trainable_summary": "freezing",
     "unfreeze": "freezing",
 }
-_SUBMODULES = ("freezing", "heads", "losses")
+_SUBMODULES = ("callbacks", "freezing", "heads", "losses")
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 

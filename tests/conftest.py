@@ -5,6 +5,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices for MirroredStrategy tests, as Keras's own tests do;
+# this must happen before TensorFlow initialises its devices.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 
 def make_base(name="base"):
@@ -44,3 +51,10 @@ def snapshot(layer):
 def changed(before, layer):
     """Paths of the weights of `layer` whose values differ from `before`."""
     return {v.path for v in layer.weights if not np.array_equal(before[v.path], v.numpy())}
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    # One for the whole session: separate MirroredStrategy objects in one
+    # process can mix up their collective ops' instance keys (shape mismatch).
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

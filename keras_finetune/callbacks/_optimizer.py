@@ -1,0 +1,135 @@
+"""Optimizer plumbing shared by the unfreezing and learning-rate callbacks.
+
+Three things Keras does not offer in public:
+- reading and setting "the" learning rate of any compiled optimizer, a
+  `LossScaleOptimizer` or a `MultiOptimizer` included (whose sub-optimizers
+  keep their ratios to the default one);
+- making a built optimizer cover variables that will only start training
+  later, keeping the state it already has;
+- letting `ProgressiveUnfreezing` hand each phase's learning rate to the one
+  epoch schedule of the same `fit`, whatever order the callbacks run in.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+
+# Absent before Keras 3.15; isinstance(x, ()) is always False.
+_MULTI_OPTIMIZER = getattr(keras.optimizers, "MultiOptimizer", ())
+
+# Each sub-optimizer's learning rate as a fraction of the default one's, taken
+# the first time a callback sets the rate of that MultiOptimizer.
+_RATIOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# model -> {"phases": ProgressiveUnfreezing, "schedule": StepLR/CosineAnnealing}
+# for the `fit` in progress. Every `set_model` call of a `fit` comes before
+# any `on_train_begin`, so callbacks clear it in `set_model` and register in
+# `on_train_begin`.
+_CONTROLLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _holders(optimizer) -> list:
+    """The optimizers that own a learning rate, the default one first."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not isinstance(inner, _MULTI_OPTIMIZER):
+        return [inner]
+    default = getattr(inner._optimizer_map, "default_optimizer", None)
+    rest = [sub for sub in inner.optimizers if sub is not default]
+    return ([default] if default is not None else []) + rest
+
+
+def current_learning_rate(optimizer) -> float:
+    """The rate the next step uses (a MultiOptimizer's default optimizer's)."""
+    return float(keras.ops.convert_to_numpy(_holders(optimizer)[0].learning_rate))
+
+
+def check_settable(optimizer, caller: str) -> None:
+    """Refuse an optimizer whose rate is a `LearningRateSchedule`."""
+    for holder in _holders(optimizer):
+        schedule = getattr(holder, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(
+                f"{caller} sets the optimizer's learning rate, but "
+                f"{holder.name!r} computes its rate itself every step from a "
+                "LearningRateSchedule; the two would overwrite each other. "
+                "Compile with a float learning rate and let the callbacks "
+                f"schedule it, or leave {caller} out. "
+                f"Received: learning_rate={type(schedule).__name__}"
+            )
+
+
+def set_learning_rate(optimizer, value: float) -> None:
+    """Set the rate; a MultiOptimizer's other sub-optimizers keep their ratios."""
+    holders = _holders(optimizer)
+    if optimizer not in _RATIOS:
+        first = current_learning_rate(optimizer)
+        _RATIOS[optimizer] = [
+            float(keras.ops.convert_to_numpy(h.learning_rate)) / first if first else 1.0
+            for h in holders
+        ]
+    for holder, ratio in zip(holders, _RATIOS[optimizer]):
+        holder.learning_rate = value * ratio
+
+
+def _knows(optimizer, variables) -> bool:
+    try:
+        optimizer._check_variables_are_known(variables)
+    except ValueError:
+        return False
+    return True
+
+
+def cover_variables(model: keras.Model, variables: list) -> None:
+    """Make `model.optimizer` able to update every variable in `variables`.
+
+    An unbuilt optimizer is built over them. A built one that lacks some (under
+    a strategy `fit` builds it over what trains at the start) is replaced by a
+    copy of itself built over all of them, its state (iterations, moments of
+    the variables it knew) carried over by variable path.
+    """
+    optimizer = model.optimizer
+    if optimizer.built and _knows(optimizer, variables):
+        return
+    with model.distribute_strategy.scope():
+        if not optimizer.built:
+            optimizer.build(variables)
+            return
+        replacement = optimizer.__class__.from_config(optimizer.get_config())
+        replacement.build(variables)
+    if int(optimizer.iterations.numpy()):
+        _carry_state(optimizer, replacement)
+    model.optimizer = replacement
+
+
+def _carry_state(old, new) -> None:
+    new_by_path = {v.path: v for v in new.variables}
+    lost = [v.path for v in old.variables if v.path not in new_by_path]
+    if lost:
+        raise ValueError(
+            "The compiled optimizer cannot be extended to the variables that "
+            "later phases train without losing its state (no counterpart for "
+            f"{lost[:3]}). Compile again before `fit`."
+        )
+    for variable in old.variables:
+        new_by_path[variable.path].assign(np.asarray(variable.numpy()))
+
+
+def clear_controllers(model) -> None:
+    _CONTROLLERS.pop(model, None)
+
+
+def register_controller(model, role: str, callback) -> None:
+    controllers = _CONTROLLERS.setdefault(model, {})
+    if controllers.get(role) not in (None, callback):
+        raise ValueError(
+            f"One `fit` can take one {role} callback; got "
+            f"{type(controllers[role]).__name__} and {type(callback).__name__}."
+        )
+    controllers[role] = callback
+
+
+def controller(model, role: str):
+    return _CONTROLLERS.get(model, {}).get(role)
