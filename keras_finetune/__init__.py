@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _NAMES = {
     "build_classifier": "heads",
     "freeze": "freezing",
+    "lr_find": "callbacks",
     "smooth_labels": "losses",
     "trainable_summary": "freezing",
     "unfreeze": "freezing",

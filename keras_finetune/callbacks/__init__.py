@@ -1,6 +1,7 @@
 """Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test."""
 
+from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
 from keras_finetune.callbacks.lr_schedules import CosineAnnealing, StepLR
 from keras_finetune.callbacks.progressive_unfreezing import ProgressiveUnfreezing
 
-__all__ = ["CosineAnnealing", "ProgressiveUnfreezing", "StepLR"]
+__all__ = ["CosineAnnealing", "LRFinder", "ProgressiveUnfreezing", "StepLR", "lr_find"]
