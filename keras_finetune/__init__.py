@@ -10,13 +10,14 @@ __version__ = "0.1.0"
 
 _NAMES = {
     "build_classifier": "heads",
+    "discriminative_optimizer": "optimizers",
     "freeze": "freezing",
     "lr_find": "callbacks",
     "smooth_labels": "losses",
     "trainable_summary": "freezing",
     "unfreeze": "freezing",
 }
-_SUBMODULES = ("callbacks", "freezing", "heads", "losses")
+_SUBMODULES = ("callbacks", "freezing", "heads", "losses", "optimizers")
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 
