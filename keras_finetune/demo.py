@@ -15,17 +15,27 @@ import time
 import keras
 import numpy as np
 
+from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.freezing import freeze, trainable_summary
 from keras_finetune.heads import build_classifier
 from keras_finetune.losses import SparseCategoricalCrossentropy
 
-__all__ = ["load_digits_images", "build_base", "pretrain_base", "train_classifier", "run_demo"]
+__all__ = [
+    "load_digits_images",
+    "build_base",
+    "pretrain_base",
+    "train_classifier",
+    "copy_base",
+    "unfreezing_schedule",
+    "run_demo",
+]
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 RECIPES = (
     "from scratch (same network, dropout head, label smoothing)",
     "frozen pretrained base + dropout head + label smoothing",
+    "+ ProgressiveUnfreezing: whole base from half-way, one fit",
 )
 
 
@@ -68,7 +78,7 @@ def pretrain_base(images, labels, seed: int, epochs: int = 15) -> keras.Model:
     return base
 
 
-def train_classifier(base, images, labels, seed: int, epochs: int = 100) -> keras.Model:
+def train_classifier(base, images, labels, seed: int, epochs: int = 100, callbacks=None) -> keras.Model:
     """Dropout head on `base`, label smoothing 0.1 on integer labels, Adam 1e-3."""
     keras.utils.set_random_seed(seed)
     model = build_classifier(base, len(TARGET_CLASSES), pooling="flatten")
@@ -77,8 +87,20 @@ def train_classifier(base, images, labels, seed: int, epochs: int = 100) -> kera
         SparseCategoricalCrossentropy(label_smoothing=0.1),
         metrics=["accuracy"],
     )
-    model.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    model.fit(images, labels, epochs=epochs, batch_size=16, verbose=0, callbacks=callbacks)
     return model
+
+
+def copy_base(base: keras.Model) -> keras.Model:
+    """A separate copy of a pretrained base, weights included, every recipe its own."""
+    copy = keras.models.clone_model(base)
+    copy.set_weights(base.get_weights())
+    return copy
+
+
+def unfreezing_schedule(epochs: int, rate: float = 3e-4) -> tuple[dict, dict]:
+    """Head only for the first half, then the whole base (BatchNorm frozen) at `rate`."""
+    return {0: 0, epochs // 2: "all"}, {0: 1e-3, epochs // 2: rate}
 
 
 def _few_shot_split(labels, shots: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +135,16 @@ def run_demo(
     for seed in range(seeds):
         train, test = _few_shot_split(target_labels, shots, np.random.default_rng(seed))
         pretrained = pretrain_base(images[source], labels[source], seed, pretrain_epochs)
-        bases = {RECIPES[0]: build_base(seed + 1000), RECIPES[1]: freeze(pretrained)}
-        for recipe, base in bases.items():
+        unfrozen = copy_base(pretrained)
+        schedule, rates = unfreezing_schedule(epochs)
+        setups = {
+            RECIPES[0]: (build_base(seed + 1000), None),
+            RECIPES[1]: (freeze(pretrained), None),
+            RECIPES[2]: (unfrozen, [ProgressiveUnfreezing(unfrozen, schedule, rates)]),
+        }
+        for recipe, (base, callbacks) in setups.items():
             start = time.perf_counter()
-            model = train_classifier(base, target_images[train], target_labels[train], seed, epochs)
+            model = train_classifier(base, target_images[train], target_labels[train], seed, epochs, callbacks)
             seconds = time.perf_counter() - start
             results[recipe].append((_accuracy(model, target_images[test], target_labels[test]), seconds))
             if seed == 0 and recipe == RECIPES[1]:

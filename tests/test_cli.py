@@ -9,6 +9,7 @@ from conftest import changed, snapshot
 
 import keras_finetune
 from keras_finetune import cli, demo
+from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.freezing import batchnorm_layers, freeze, trainable_summary
 
 
@@ -62,3 +63,21 @@ def test_demo_recipe_trains_the_head_on_a_base_that_stays_pretrained():
     assert changed(before, base) == set()
     # only the head trains: Dense(4*4*64 -> 128) and Dense(128 -> 5)
     assert trainable_summary(model)["trainable_params"] == (1024 * 128 + 128) + (128 * 5 + 5)
+
+
+def test_demo_unfreezing_recipe_trains_a_copy_of_the_base_from_half_way():
+    images, labels = demo.load_digits_images()
+    source = labels < 5
+    pretrained = demo.pretrain_base(images[source], labels[source], seed=0, epochs=2)
+    before = snapshot(pretrained)
+    copy = demo.copy_base(pretrained)
+    copied = snapshot(copy)
+    assert copied.keys() == before.keys() and all(np.array_equal(before[p], copied[p]) for p in before)
+    schedule, rates = demo.unfreezing_schedule(4)
+    assert (schedule, rates) == ({0: 0, 2: "all"}, {0: 1e-3, 2: 3e-4})
+    few = np.flatnonzero(~source)[:10]
+    unfreezing = ProgressiveUnfreezing(copy, schedule, rates)
+    demo.train_classifier(copy, images[few], labels[few] - 5, seed=0, epochs=4, callbacks=[unfreezing])
+    moved = changed(before, copy)
+    assert moved == {f"conv{i}/kernel" for i in range(3)}  # convs train, BatchNorm stays put
+    assert changed(before, pretrained) == set()  # the original is untouched
