@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import make_base, snapshot
 
-from keras_finetune.callbacks import ProgressiveUnfreezing, StepLR
+from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
 
 SCHEDULE = {0: 0, 2: 3, 4: "all"}
@@ -273,3 +273,20 @@ def test_refuses_to_set_rates_on_a_learning_rate_schedule(images, int_labels):
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-2, 4, 0.5)), "sparse_categorical_crossentropy")
     history = fit(model, [ProgressiveUnfreezing(base, SCHEDULE)], images, int_labels, epochs=2)
     np.testing.assert_allclose(history.history["learning_rate"], [1e-2 * 0.5, 1e-2 * 0.25], rtol=1e-6)
+
+
+def test_mixed_precision_loss_scale_optimizer_with_a_cosine_schedule(images, int_labels):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        base, model = make_model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    initial = snapshot(base)
+    callbacks = [ProgressiveUnfreezing(base, {0: 0, 2: "all"}, {0: 1e-2, 2: 1e-3}), CosineAnnealing(t_max=4)]
+    history = fit(model, callbacks, images, int_labels, epochs=4)
+    cosine = [(1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)]
+    expected = [1e-2 * cosine[0], 1e-2 * cosine[1], 1e-3 * cosine[2], 1e-3 * cosine[3]]
+    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
+    assert int(model.optimizer.iterations.numpy()) == 16
+    assert changed_paths(initial, snapshot(base)) == sorted(f"conv{i}/{w}" for i in range(3) for w in ("bias", "kernel"))
