@@ -53,7 +53,6 @@ class _EpochSchedule(keras.callbacks.Callback):
         if optimizer is not None and self._initial_rate is None:
             # Read before any on_train_begin: BackupAndRestore restores a
             # decayed rate there, which must not become the base.
-            _optimizer.check_settable(optimizer, type(self).__name__)
             self._initial_rate = _optimizer.current_learning_rate(optimizer)
 
     def on_train_begin(self, logs=None) -> None:
