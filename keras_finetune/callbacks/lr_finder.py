@@ -143,10 +143,11 @@ class LRFinder(keras.callbacks.Callback):
             raise ImportError(
                 'LRFinder.plot needs matplotlib: pip install "keras-finetune[plot]".'
             ) from None
+        rates, suggestion = self.learning_rates[: len(self.losses)], self.suggestion
         figure, axes = plt.subplots(figsize=(6, 4))
-        axes.plot(self.learning_rates[: len(self.losses)], self.losses, alpha=0.3, label="loss")
-        axes.plot(self.learning_rates[: len(self.losses)], self.smoothed_losses, label="smoothed")
-        axes.axvline(self.suggestion, color="red", linestyle="--", label=f"suggestion {self.suggestion:.2g}")
+        axes.plot(rates, self.losses, alpha=0.3, label="loss")
+        axes.plot(rates, self.smoothed_losses, label="smoothed")
+        axes.axvline(suggestion, color="red", linestyle="--", label=f"suggestion {suggestion:.2g}")
         axes.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
         axes.legend()
         figure.tight_layout()
