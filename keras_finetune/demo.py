@@ -19,6 +19,7 @@ from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.freezing import freeze, trainable_summary
 from keras_finetune.heads import build_classifier
 from keras_finetune.losses import SparseCategoricalCrossentropy
+from keras_finetune.models import Distiller
 
 __all__ = [
     "load_digits_images",
@@ -27,6 +28,7 @@ __all__ = [
     "train_classifier",
     "copy_base",
     "unfreezing_schedule",
+    "distil_student",
     "run_demo",
 ]
 
@@ -36,7 +38,12 @@ RECIPES = (
     "from scratch (same network, dropout head, label smoothing)",
     "frozen pretrained base + dropout head + label smoothing",
     "+ ProgressiveUnfreezing: whole base from half-way, one fit",
+    "smaller student (5x fewer weights) from scratch, same head",
+    "smaller student distilled from the row above (Distiller)",
 )
+STUDENT_FILTERS = (8, 16)
+# Distillation settings, chosen on 3 seeds (benchmarks/RESULTS.md lists the others tried).
+DISTILLATION = {"alpha": 0.5, "temperature": 2.0}
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +60,12 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype("int32")
 
 
-def build_base(seed: int) -> keras.Model:
-    """Three conv blocks with BatchNorm (momentum 0.9), no classifier."""
+def build_base(seed: int, filters: tuple[int, ...] = (32, 64, 64)) -> keras.Model:
+    """Conv blocks with BatchNorm (momentum 0.9), pooling after the second, no classifier."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 1))
     x = inputs
-    for index, filters in enumerate((32, 64, 64)):
+    for index, filters in enumerate(filters):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}")(x)
         x = keras.layers.ReLU(name=f"relu{index}")(x)
@@ -101,6 +108,20 @@ def copy_base(base: keras.Model) -> keras.Model:
 def unfreezing_schedule(epochs: int, rate: float = 3e-4) -> tuple[dict, dict]:
     """Head only for the first half, then the whole base (BatchNorm frozen) at `rate`."""
     return {0: 0, epochs // 2: "all"}, {0: 1e-3, epochs // 2: rate}
+
+
+def distil_student(base, teacher, images, labels, seed: int, epochs: int = 100) -> keras.Model:
+    """`train_classifier`'s model on `base`, trained by a `Distiller` against `teacher`."""
+    keras.utils.set_random_seed(seed)
+    student = build_classifier(base, len(TARGET_CLASSES), pooling="flatten")
+    distiller = Distiller(student, teacher)
+    distiller.compile(
+        keras.optimizers.Adam(1e-3),
+        student_loss_fn=SparseCategoricalCrossentropy(label_smoothing=0.1),
+        **DISTILLATION,
+    )
+    distiller.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    return student
 
 
 def _few_shot_split(labels, shots: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +170,16 @@ def run_demo(
             results[recipe].append((_accuracy(model, target_images[test], target_labels[test]), seconds))
             if seed == 0 and recipe == RECIPES[1]:
                 print_fn(f"What trains in the fine-tuned model:\n{trainable_summary(model)}\n")
+        teacher = model  # the ProgressiveUnfreezing model, trained last
+        for recipe, distil in ((RECIPES[3], False), (RECIPES[4], True)):
+            base, data = build_base(seed + 2000, STUDENT_FILTERS), (target_images[train], target_labels[train])
+            start = time.perf_counter()
+            if distil:
+                student = distil_student(base, teacher, *data, seed, epochs)
+            else:
+                student = train_classifier(base, *data, seed, epochs)
+            seconds = time.perf_counter() - start
+            results[recipe].append((_accuracy(student, target_images[test], target_labels[test]), seconds))
         print_fn(f"seed {seed}: " + ", ".join(f"{results[r][-1][0]:.1%}" for r in RECIPES))
     print_fn(format_table(results, shots, len(test)))
     return results

@@ -81,3 +81,13 @@ def test_demo_unfreezing_recipe_trains_a_copy_of_the_base_from_half_way():
     moved = changed(before, copy)
     assert moved == {f"conv{i}/kernel" for i in range(3)}  # convs train, BatchNorm stays put
     assert changed(before, pretrained) == set()  # the original is untouched
+
+
+def test_demo_distillation_recipe_trains_a_smaller_student_and_leaves_the_teacher(images, int_labels):
+    teacher = demo.train_classifier(demo.build_base(0), images, int_labels, seed=0, epochs=1)
+    before = snapshot(teacher)
+    student_base = demo.build_base(1, demo.STUDENT_FILTERS)
+    student = demo.distil_student(student_base, teacher, images, int_labels, seed=0, epochs=2)
+    assert changed(before, teacher) == set()
+    assert student.layers[1] is student_base
+    assert 5 * student.count_params() < teacher.count_params()
