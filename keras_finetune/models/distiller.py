@@ -315,7 +315,7 @@ class Distiller(keras.Model):
     # Training and evaluation.
 
     def _loss_terms(self, x, y, teacher_outputs, sample_weight, training: bool):
-        if teacher_outputs is None:
+        if teacher_outputs is None:  # not cached: the teacher runs on this batch
             teacher_outputs = self.teacher_forward(x)
         teacher_outputs = tf.nest.map_structure(ops.stop_gradient, teacher_outputs)
         predictions, student_outputs = self.student_forward(x, training=training)
@@ -354,9 +354,7 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, teacher_outputs, sample_weight = _unpack(data)
-        if teacher_outputs is None:  # outside the tape: nothing of the teacher is recorded
-            teacher_outputs = self.teacher_forward(x)
-        variables = self.trainable_variables
+        variables = self.trainable_variables  # the teacher's are not: it is frozen
         with tf.GradientTape() as tape:
             predictions, losses = self._loss_terms(x, y, teacher_outputs, sample_weight, training=True)
             # Gradients are summed over replicas: each differentiates its share.
