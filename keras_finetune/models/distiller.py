@@ -273,12 +273,6 @@ class Distiller(keras.Model):
         self.distillation_loss_fn = _loss_function(distillation_loss_fn, "distillation_loss_fn")
         self.alpha = float(alpha)
         self.temperature = float(temperature)
-        self._distillation_config = {
-            "student_loss_fn": student_loss_fn,
-            "distillation_loss_fn": distillation_loss_fn,
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-        }
         self.teacher.trainable = False
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
@@ -496,8 +490,17 @@ class Distiller(keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config and hasattr(self, "_distillation_config"):
-            config.update(keras.saving.serialize_keras_object(self._distillation_config))
+        if config:  # compiled: our arguments join Keras's
+            config.update(
+                keras.saving.serialize_keras_object(
+                    {
+                        "student_loss_fn": self.student_loss_fn,
+                        "distillation_loss_fn": self.distillation_loss_fn,
+                        "alpha": self.alpha,
+                        "temperature": self.temperature,
+                    }
+                )
+            )
         return config
 
     def compile_from_config(self, config):
