@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import interleaved_epochs  # noqa: E402
 
 from keras_finetune import demo  # noqa: E402
 from keras_finetune.callbacks import ProgressiveUnfreezing  # noqa: E402
@@ -36,19 +37,6 @@ from keras_finetune.models import Distiller  # noqa: E402
 
 TEMPERATURE, ALPHA = 3.0, 0.1
 SPARSE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-class EpochClock(keras.callbacks.Callback):
-    """Seconds of each epoch, from its begin to its end."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
 
 
 def convnet(filters, seed, name):
@@ -106,18 +94,17 @@ def step_time(repeats: int) -> None:
         logs = model.test_on_batch(*batch, return_dict=True)
         print(f"  {name:35s} loss {logs['total_loss']:.4f}, distillation_loss {logs['distillation_loss']:.4f}")
 
-    seconds = {name: [] for name in models}
-    for name, model in models.items():  # trace once each
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-    for _ in range(repeats):
-        for name, model in models.items():
-            clock = EpochClock()
-            model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[clock])
-            seconds[name] += clock.seconds
-    reference = np.median(seconds["keras.distillation"])
+    seconds = interleaved_epochs(
+        {
+            name: lambda callbacks, model=model: model.fit(
+                x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks
+            )
+            for name, model in models.items()
+        },
+        repeats,
+    )
     print(f"\nStep time, {len(x) // 64} steps of 64 images (32x32x3) per epoch, median of {repeats} epochs:")
-    for name, values in seconds.items():
-        print(f"  {name:20s} {np.median(values):6.3f} s/epoch  ratio {np.median(values) / reference:.3f}")
+    print_ratios(seconds, "keras.distillation")
 
 
 def cached_epochs(repeats: int) -> None:
@@ -146,18 +133,21 @@ def cached_epochs(repeats: int) -> None:
     start = time.perf_counter()
     cached = distiller.cache_teacher_outputs(dataset)
     caching = time.perf_counter() - start
-    seconds = {"live teacher": [], "cached outputs": []}
-    for data in (dataset, cached):
-        distiller.fit(data, epochs=1, verbose=0)
-    for _ in range(repeats):
-        for name, data in (("live teacher", dataset), ("cached outputs", cached)):
-            clock = EpochClock()
-            distiller.fit(data, epochs=1, verbose=0, callbacks=[clock])
-            seconds[name] += clock.seconds
-    live = np.median(seconds["live teacher"])
+    seconds = interleaved_epochs(
+        {
+            name: lambda callbacks, data=data: distiller.fit(data, epochs=1, verbose=0, callbacks=callbacks)
+            for name, data in (("live teacher", dataset), ("cached outputs", cached))
+        },
+        repeats,
+    )
     print(f"Epoch time, median of {repeats} (caching itself took {caching:.2f} s, once):")
-    for name, values in seconds.items():
-        print(f"  {name:15s} {np.median(values):6.3f} s/epoch  ratio {np.median(values) / live:.3f}")
+    print_ratios(seconds, "live teacher")
+
+
+def print_ratios(seconds: dict, reference: str) -> None:
+    width = max(map(len, seconds))
+    for name, median in seconds.items():
+        print(f"  {name:{width}s} {median:6.3f} s/epoch  ratio {median / seconds[reference]:.3f}")
 
 
 def quality(seeds: int) -> None:
