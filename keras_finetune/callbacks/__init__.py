@@ -1,7 +1,15 @@
-"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test."""
+"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, BatchNorm statistics."""
 
+from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
 from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
 from keras_finetune.callbacks.lr_schedules import CosineAnnealing, StepLR
 from keras_finetune.callbacks.progressive_unfreezing import ProgressiveUnfreezing
 
-__all__ = ["CosineAnnealing", "LRFinder", "ProgressiveUnfreezing", "StepLR", "lr_find"]
+__all__ = [
+    "CosineAnnealing",
+    "LRFinder",
+    "ProgressiveUnfreezing",
+    "StepLR",
+    "lr_find",
+    "update_batchnorm",
+]
