@@ -1,15 +1,17 @@
-"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, BatchNorm statistics."""
+"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA."""
 
 from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
 from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
 from keras_finetune.callbacks.lr_schedules import CosineAnnealing, StepLR
 from keras_finetune.callbacks.progressive_unfreezing import ProgressiveUnfreezing
+from keras_finetune.callbacks.swa import SWA
 
 __all__ = [
     "CosineAnnealing",
     "LRFinder",
     "ProgressiveUnfreezing",
     "StepLR",
+    "SWA",
     "lr_find",
     "update_batchnorm",
 ]

@@ -7,7 +7,8 @@ Three things Keras does not offer in public:
 - making a built optimizer cover variables that will only start training
   later, keeping the state it already has;
 - letting `ProgressiveUnfreezing` hand each phase's learning rate to the one
-  epoch schedule of the same `fit`, whatever order the callbacks run in.
+  epoch schedule of the same `fit`, and both hand the rate over to `SWA` once
+  it anneals, whatever order the callbacks run in.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _MULTI_OPTIMIZER = getattr(keras.optimizers, "MultiOptimizer", ())
 # the first time a callback sets the rate of that MultiOptimizer.
 _RATIOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# model -> {"phases": ProgressiveUnfreezing, "schedule": StepLR/CosineAnnealing}
+# model -> {"phases": ProgressiveUnfreezing, "schedule": StepLR/CosineAnnealing,
+# "swa": SWA}
 # for the `fit` in progress. Every `set_model` call of a `fit` comes before
 # any `on_train_begin`, so callbacks clear it in `set_model` and register in
 # `on_train_begin`.
@@ -133,3 +135,9 @@ def register_controller(model, role: str, callback) -> None:
 
 def controller(model, role: str):
     return _CONTROLLERS.get(model, {}).get(role)
+
+
+def swa_sets_rate(model, epoch: int) -> bool:
+    """Whether an `SWA` callback of this `fit` sets the rate of `epoch`."""
+    swa = controller(model, "swa")
+    return swa is not None and swa.sets_rate(epoch)

@@ -12,6 +12,8 @@ The rule when they share a `fit` with other callbacks:
   (its `learning_rates`); the epoch count does not restart at a phase change.
 - `ReduceLROnPlateau`: a reduction it makes is kept, as a factor on top of the
   schedule, until the next phase change sets a new base rate.
+- `SWA` with `swa_lr`: from its `start_epoch` on, SWA sets the rate and the
+  schedule leaves it alone.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class _EpochSchedule(keras.callbacks.Callback):
         return self._initial_rate if rate is None else rate
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if _optimizer.swa_sets_rate(self.model, epoch):
+            return
         optimizer = self.model.optimizer
         base = self._base(epoch)
         if base != self._last_base:

@@ -101,7 +101,8 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     `ReduceLROnPlateau` is not restored; the phase's rate is set again.)
 
     With `StepLR` or `CosineAnnealing` in the same `fit`, the phase's rate is
-    the base rate that the schedule scales (see those classes). With a
+    the base rate that the schedule scales (see those classes). Once `SWA`
+    anneals the rate (its `swa_lr`), phases starting later leave it alone. With a
     `keras.optimizers.MultiOptimizer` (see
     `keras_finetune.optimizers.discriminative_optimizer`), the rates given
     here are those of its default (head) optimizer; the other sub-optimizers
@@ -279,7 +280,11 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         first_phase_of_fit = self._applied is None
         self._applied = index
         rate = self.base_learning_rate(epoch)
-        if rate is not None and _optimizer.controller(self.model, "schedule") is None:
+        if (
+            rate is not None
+            and _optimizer.controller(self.model, "schedule") is None
+            and not _optimizer.swa_sets_rate(self.model, epoch)
+        ):
             _optimizer.set_learning_rate(self.model.optimizer, rate)
         added = any(id(v) not in before for v in self.model.trainable_variables)
         if self.warmup_steps and added and not first_phase_of_fit:

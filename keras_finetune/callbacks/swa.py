@@ -1,0 +1,382 @@
+"""Stochastic Weight Averaging as a `fit` callback.
+
+Keras has none: `tfa.optimizers.SWA` went with TensorFlow Addons, worked with
+legacy optimizers only and left the BatchNormalization statistics to the user;
+the optimizer's EMA averages trainable variables only. This callback averages
+every weight at epoch ends, anneals the learning rate, puts the average into
+the model when `fit` ends and recomputes the BatchNormalization statistics
+(`update_batchnorm`). Its state (the average and its count) can be kept on disk
+so that a run resumed by `keras.callbacks.BackupAndRestore` ends as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from keras_finetune.callbacks import _optimizer
+from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
+from keras_finetune.freezing import batchnorm_layers
+
+__all__ = ["SWA"]
+
+_STATE_FILE = "swa_state.npz"
+_PREVIOUS_FILE = "swa_state.previous.npz"
+
+
+@dataclasses.dataclass
+class _State:
+    """The running average after the epoch `last_epoch` was averaged."""
+
+    averages: list
+    count: int = 0
+    last_epoch: int = -1
+    anneal_from: float = math.nan  # the rate the annealing starts from
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _averaged(variable) -> bool:
+    return "float" in str(variable.dtype)
+
+
+def _check_start_epoch(start_epoch) -> None:
+    if _is_int(start_epoch):
+        if start_epoch < 0:
+            raise ValueError(
+                f"`start_epoch` must be an epoch >= 0 or a fraction in [0, 1). Received: start_epoch={start_epoch!r}"
+            )
+    elif isinstance(start_epoch, (float, np.floating)):
+        if not 0.0 <= start_epoch < 1.0:
+            raise ValueError(
+                "A float `start_epoch` is a fraction of the planned epochs, "
+                f"in [0, 1). Received: start_epoch={start_epoch!r}"
+            )
+    else:
+        raise ValueError(
+            f"`start_epoch` must be an int epoch or a float fraction. Received: start_epoch={start_epoch!r}"
+        )
+
+
+class SWA(keras.callbacks.Callback):
+    """Stochastic Weight Averaging, with the BatchNormalization statistics recomputed.
+
+    From epoch `start_epoch` on (counted from 0 as Keras counts epochs), the
+    weights at the end of every epoch join an equal-weight running average of
+    all the model's weights (trainable and not, frozen ones included): the
+    weights at the end of epoch `start_epoch` are the first averaged. When
+    `fit` ends the average is put into the model and, when `bn_data` is given,
+    the statistics of every trainable BatchNormalization layer are recomputed
+    with one pass over it (see `update_batchnorm`). Averages are kept in
+    float32 (float64 weights in float64) on the host, so they are the same for
+    every replica under a `tf.distribute` strategy and keep their precision
+    under `mixed_float16`.
+
+    Learning rate: with `swa_lr`, the rate is moved from the rate in effect
+    when epoch `start_epoch` begins, `r0`, to `swa_lr` over `anneal_epochs`
+    epochs and then held: epoch `start_epoch + k` gets
+    `r0 + (swa_lr - r0) * f(min((k + 1) / anneal_epochs, 1))`, with
+    `f(x) = (1 - cos(pi * x)) / 2` for `"cos"` and `f(x) = x` for `"linear"`
+    (`swa_lr` from `start_epoch` on when `anneal_epochs=0`). From then on SWA
+    owns the rate: `StepLR`, `CosineAnnealing` and `ProgressiveUnfreezing`
+    leave it alone, whatever their order in `callbacks`. With a
+    `LossScaleOptimizer` or a `MultiOptimizer` the rate set is that of the
+    default optimizer, the others keep their ratios to it.
+
+    Epoch logs gain `swa_n` (weights averaged so far) and, with `swa_lr`,
+    `learning_rate`; put `CSVLogger` after SWA in `callbacks` to see them.
+    With `validation_data`, each epoch from `start_epoch` on also evaluates
+    the average (after a BatchNormalization pass over `bn_data`) and logs
+    `swa_val_loss` and `swa_val_<metric>`; the trained weights are put back
+    afterwards, so training goes on undisturbed.
+
+    Interrupted runs: with `backup_dir` (BackupAndRestore's own `backup_dir`
+    will do) the state is written there at each epoch end, and a `fit`
+    resumed at epoch `e` by BackupAndRestore reads the state of epoch `e - 1`
+    back, so it ends with the same weights as an uninterrupted run. The files
+    are deleted when `fit` completes. A `fit` that starts after
+    `start_epoch` without that state raises a `ValueError` rather than
+    average only part of the epochs. A completed `fit` leaves the average in
+    the model; another `fit` with `initial_epoch` and the same callback
+    object continues the average but trains from the averaged weights.
+
+    Bad input: `start_epoch` negative, a fraction outside [0, 1), or (when
+    `fit` starts) at or beyond `fit`'s `epochs` raises `ValueError`: averaging
+    would never happen.
+
+    Args:
+        start_epoch: int or float. The first epoch averaged, from 0; a float
+            in [0, 1) is a fraction of `fit`'s `epochs` (0.75 of 20 epochs is
+            epoch 15).
+        swa_lr: float. The rate to anneal to and hold during averaging.
+            Defaults to `None` (the rate is left to other callbacks).
+        anneal_epochs: int. Epochs to reach `swa_lr` in. Defaults to `0`.
+        anneal_strategy: str. `"cos"` or `"linear"`. Defaults to `"cos"`.
+        bn_data: the data for the BatchNormalization pass, any form
+            `update_batchnorm` takes (usually the training dataset).
+            Defaults to `None` (no pass; a warning says what to call when the
+            model has trainable BatchNormalization layers).
+        bn_steps: int. Batches of `bn_data` to use. Defaults to `None` (all).
+        validation_data: data to evaluate the average on at each epoch end,
+            in a form `model.evaluate` takes (a dataset, or a tuple
+            `(x, y)`). Defaults to `None`.
+        backup_dir: str. Directory to keep the averaging state in.
+            Defaults to `None` (kept in memory only).
+        verbose: int. 1 prints the rate set and the count of averaged
+            weights at each epoch. Defaults to `0`.
+
+    Example:
+
+    ```python
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    model.fit(
+        train_ds,
+        epochs=20,
+        callbacks=[SWA(start_epoch=15, swa_lr=0.01, anneal_epochs=2, bn_data=train_ds)],
+    )
+    # the model now holds the average of the weights of epochs 15-19
+    ```
+
+    References:
+        Izmailov et al., Averaging Weights Leads to Wider Optima and Better
+        Generalization, arXiv 1803.05407.
+    """
+
+    def __init__(
+        self,
+        start_epoch: int | float,
+        swa_lr: float | None = None,
+        anneal_epochs: int = 0,
+        anneal_strategy: str = "cos",
+        bn_data=None,
+        bn_steps: int | None = None,
+        validation_data=None,
+        backup_dir: str | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        _check_start_epoch(start_epoch)
+        if swa_lr is not None:
+            if isinstance(swa_lr, bool) or not isinstance(swa_lr, (int, float, np.number)) or not swa_lr > 0:
+                raise ValueError(f"`swa_lr` must be None or a number > 0. Received: swa_lr={swa_lr!r}")
+            swa_lr = float(swa_lr)
+        if not _is_int(anneal_epochs) or anneal_epochs < 0:
+            raise ValueError(f"`anneal_epochs` must be an int >= 0. Received: anneal_epochs={anneal_epochs!r}")
+        if anneal_epochs and swa_lr is None:
+            raise ValueError(
+                f"`anneal_epochs` anneals the rate to `swa_lr`; give `swa_lr` too. Received: anneal_epochs={anneal_epochs}, swa_lr=None"
+            )
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(
+                f'`anneal_strategy` must be "cos" or "linear". Received: anneal_strategy={anneal_strategy!r}'
+            )
+        if bn_steps is not None and (not _is_int(bn_steps) or bn_steps < 1):
+            raise ValueError(f"`bn_steps` must be None or an int >= 1. Received: bn_steps={bn_steps!r}")
+        self.start_epoch = start_epoch
+        self.swa_lr = swa_lr
+        self.anneal_epochs = int(anneal_epochs)
+        self.anneal_strategy = anneal_strategy
+        self.bn_data = bn_data
+        self.bn_steps = bn_steps
+        self.validation_data = validation_data
+        self.backup_dir = backup_dir
+        self.verbose = verbose
+        self._start = None
+        self._variables = []
+        self._state = None
+        self._resumed = False
+
+    def sets_rate(self, epoch: int) -> bool:
+        """Whether SWA sets the learning rate of `epoch` (other callbacks then do not)."""
+        return self.swa_lr is not None and self._start is not None and epoch >= self._start
+
+    def _rate(self, epoch: int, anneal_from: float) -> float:
+        if not self.anneal_epochs:
+            return self.swa_lr
+        x = min((epoch - self._start + 1) / self.anneal_epochs, 1.0)
+        if self.anneal_strategy == "cos":
+            x = (1.0 - math.cos(math.pi * x)) / 2.0
+        return anneal_from + (self.swa_lr - anneal_from) * x
+
+    def set_model(self, model) -> None:
+        super().set_model(model)
+        _optimizer.clear_controllers(model)
+
+    def on_train_begin(self, logs=None) -> None:
+        if getattr(self.model, "optimizer", None) is None:
+            raise ValueError("SWA needs a compiled model: call `compile` first.")
+        epochs = self.params.get("epochs")
+        start = self.start_epoch
+        if not _is_int(start):
+            start = math.floor(start * epochs)
+        if start >= epochs:
+            raise ValueError(
+                f"SWA would start averaging at epoch {start} (counted from 0), "
+                f"but this `fit` runs epochs 0 to {epochs - 1}: nothing would be "
+                f"averaged. Received: start_epoch={self.start_epoch!r}, epochs={epochs}"
+            )
+        self._start = int(start)
+        if self.swa_lr is not None:
+            _optimizer.check_settable(self.model.optimizer, "SWA")
+            _optimizer.register_controller(self.model, "swa", self)
+        self._variables = [v for v in self.model.weights if _averaged(v)]
+        self._resumed = False
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if not self._resumed:
+            # Here, not in on_train_begin: BackupAndRestore picks the epoch to
+            # resume at in its own on_train_begin.
+            self._state = self._state_for(epoch)
+            self._resumed = True
+        if not self.sets_rate(epoch):
+            return
+        optimizer = self.model.optimizer
+        if math.isnan(self._state.anneal_from):
+            self._state.anneal_from = _optimizer.current_learning_rate(optimizer)
+        rate = self._rate(epoch, self._state.anneal_from)
+        _optimizer.set_learning_rate(optimizer, rate)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: SWA set the learning rate to {rate:.4g}.")
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        state = self._state
+        if epoch >= self._start:
+            state.count += 1
+            for average, variable in zip(state.averages, self._variables):
+                # In place and in the average's dtype: float32 under mixed precision.
+                average += (np.asarray(variable.numpy(), average.dtype) - average) / state.count
+            state.last_epoch = epoch
+            if self.backup_dir is not None:
+                self._save(state)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: SWA averaged {state.count} sets of weights.")
+        if logs is None:
+            return
+        logs["swa_n"] = state.count
+        if self.swa_lr is not None:
+            logs["learning_rate"] = _optimizer.current_learning_rate(self.model.optimizer)
+        if self.validation_data is not None and state.count:
+            logs.update(self._evaluate_average())
+
+    def on_train_end(self, logs=None) -> None:
+        _optimizer.clear_controllers(self.model)
+        state = self._state
+        if state is None or not state.count:
+            warnings.warn(
+                f"SWA averaged nothing: `fit` ended before epoch {self._start}, "
+                "the first one to average. The model keeps its trained weights.",
+                stacklevel=2,
+            )
+            return
+        self._assign(self._variables, state.averages)
+        self._update_batchnorm(final=True)
+        if self.backup_dir is not None:
+            for name in (_STATE_FILE, _PREVIOUS_FILE):
+                path = os.path.join(self.backup_dir, name)
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def _assign(self, variables: list, values: list) -> None:
+        # In the strategy's scope: a cross-replica assignment reaches every replica.
+        with self.model.distribute_strategy.scope():
+            for variable, value in zip(variables, values):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+
+    def _update_batchnorm(self, final: bool) -> None:
+        trainable = [layer for layer in batchnorm_layers(self.model) if layer.trainable]
+        if not trainable:
+            return
+        if self.bn_data is not None:
+            update_batchnorm(self.model, self.bn_data, steps=self.bn_steps)
+        elif final:
+            warnings.warn(
+                f"SWA put the averaged weights into model {self.model.name!r}, but its "
+                f"{len(trainable)} trainable BatchNormalization layers hold the average "
+                "of their moving statistics, not the statistics of the averaged "
+                "weights, and accuracy can collapse. Call "
+                "`keras_finetune.callbacks.update_batchnorm(model, train_data)` now, "
+                "or give SWA `bn_data=train_data`.",
+                stacklevel=3,
+            )
+
+    def _evaluate_average(self) -> dict:
+        """Evaluate the average on `validation_data`, then put the trained weights back."""
+        weights = self.model.weights
+        trained = [np.array(variable.numpy()) for variable in weights]
+        try:
+            self._assign(self._variables, self._state.averages)
+            self._update_batchnorm(final=False)
+            data = self.validation_data
+            if isinstance(data, tuple):
+                results = self.model.evaluate(*data, verbose=0, return_dict=True)
+            else:
+                results = self.model.evaluate(data, verbose=0, return_dict=True)
+        finally:
+            self._assign(weights, trained)
+        return {f"swa_val_{name}": value for name, value in results.items()}
+
+    def _fresh_state(self) -> _State:
+        return _State(averages=[np.zeros(v.shape, "float64" if "64" in str(v.dtype) else "float32") for v in self._variables])
+
+    def _state_for(self, epoch: int) -> _State:
+        """The averaging state a `fit` starting at `epoch` continues from."""
+        if epoch <= self._start:
+            return self._fresh_state()
+        candidates = [self._state]
+        if self.backup_dir is not None:
+            candidates += [self._load(name) for name in (_STATE_FILE, _PREVIOUS_FILE)]
+        for state in candidates:
+            if state is not None and state.last_epoch == epoch - 1:
+                return state
+        raise ValueError(
+            f"SWA cannot resume at epoch {epoch}: averaging started at epoch "
+            f"{self._start} and no averaging state of epochs {self._start}-{epoch - 1} "
+            "was found, so the average would miss them. Give SWA a `backup_dir` "
+            "(BackupAndRestore's backup_dir will do) so that its state survives a "
+            f"restart. Received: backup_dir={self.backup_dir!r}"
+        )
+
+    def _save(self, state: _State) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = os.path.join(self.backup_dir, _STATE_FILE)
+        partial = os.path.join(self.backup_dir, "swa_state.partial.npz")
+        np.savez(
+            partial,
+            count=state.count,
+            last_epoch=state.last_epoch,
+            anneal_from=state.anneal_from,
+            **{f"average_{index}": average for index, average in enumerate(state.averages)},
+        )
+        # The state of the epoch before stays: BackupAndRestore may resume there
+        # if it had not written its own files for this epoch yet.
+        if os.path.exists(path):
+            os.replace(path, os.path.join(self.backup_dir, _PREVIOUS_FILE))
+        os.replace(partial, path)
+
+    def _load(self, name: str) -> _State | None:
+        path = os.path.join(self.backup_dir, name)
+        if not os.path.exists(path):
+            return None
+        with np.load(path) as stored:
+            state = _State(
+                averages=[stored[f"average_{index}"] for index in range(len(stored.files) - 3)],
+                count=int(stored["count"]),
+                last_epoch=int(stored["last_epoch"]),
+                anneal_from=float(stored["anneal_from"]),
+            )
+        shapes = [tuple(average.shape) for average in state.averages]
+        if shapes != [tuple(v.shape) for v in self._variables]:
+            raise ValueError(
+                f"The SWA state in {path} was written for another model: its "
+                "averages do not match this model's weights. Use a fresh "
+                f"`backup_dir`. Received: backup_dir={self.backup_dir!r}"
+            )
+        return state
