@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import interleaved_epochs  # noqa: E402
+from timing import interleaved_epochs, print_ratios  # noqa: E402
 
 from keras_finetune import demo  # noqa: E402
 from keras_finetune.callbacks import ProgressiveUnfreezing  # noqa: E402
@@ -142,12 +142,6 @@ def cached_epochs(repeats: int) -> None:
     )
     print(f"Epoch time, median of {repeats} (caching itself took {caching:.2f} s, once):")
     print_ratios(seconds, "live teacher")
-
-
-def print_ratios(seconds: dict, reference: str) -> None:
-    width = max(map(len, seconds))
-    for name, median in seconds.items():
-        print(f"  {name:{width}s} {median:6.3f} s/epoch  ratio {median / seconds[reference]:.3f}")
 
 
 def quality(seeds: int) -> None:

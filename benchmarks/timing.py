@@ -35,3 +35,10 @@ def interleaved_epochs(fits: dict, repeats: int) -> dict:
             fit([timer])
             seconds[name] += timer.seconds
     return {name: float(np.median(values)) for name, values in seconds.items()}
+
+
+def print_ratios(seconds: dict, reference: str) -> None:
+    """One line per entry: median seconds per epoch and the ratio to `reference`."""
+    width = max(map(len, seconds))
+    for name, median in seconds.items():
+        print(f"  {name:{width}s} {median:6.3f} s/epoch  ratio {median / seconds[reference]:.3f}")
