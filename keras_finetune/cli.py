@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Pre-train a small CNN on digits 0-4, then learn digits 5-9 from a few labelled "
             "images per class: frozen base + dropout head + label smoothing, the base unfrozen "
-            "half-way by ProgressiveUnfreezing, the same network trained from scratch, and a "
-            "5x smaller network distilled from the fine-tuned one. Prints held-out accuracy "
-            "per recipe."
+            "half-way by ProgressiveUnfreezing, the same with SWA over the last epochs, the same "
+            "network trained from scratch, and a 5x smaller network distilled from the SWA "
+            "model. Prints held-out accuracy per recipe."
         ),
     )
     demo.add_argument("--shots", type=_positive_int, default=3,
