@@ -104,9 +104,9 @@ def update_batchnorm(
     Example:
 
     ```python
-    model.optimizer.use_ema = True  # or compile with use_ema=True
+    model.compile(keras.optimizers.AdamW(use_ema=True), "sparse_categorical_crossentropy")
     model.fit(train_ds, epochs=10, callbacks=[keras.callbacks.SwapEMAWeights()])
-    keras_finetune.callbacks.update_batchnorm(model, train_ds)
+    keras_finetune.callbacks.update_batchnorm(model, train_ds)  # statistics of the EMA weights
     ```
 
     References:

@@ -107,6 +107,8 @@ class SWA(keras.callbacks.Callback):
     average only part of the epochs. A completed `fit` leaves the average in
     the model; another `fit` with `initial_epoch` and the same callback
     object continues the average but trains from the averaged weights.
+    `keras.callbacks.EarlyStopping(restore_best_weights=True)` also puts
+    weights into the model when `fit` ends: use one or the other.
 
     Bad input: `start_epoch` negative, a fraction outside [0, 1), or (when
     `fit` starts) at or beyond `fit`'s `epochs` raises `ValueError`: averaging
