@@ -10,6 +10,7 @@ sets every layer to the exact mean and variance of its inputs over that data.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_finetune.callbacks._checks import check_count
 from keras_finetune.freezing import _all_layers, _check_layer, batchnorm_layers
 
 __all__ = ["update_batchnorm"]
@@ -28,24 +30,18 @@ def _batches(data, steps: int | None, batch_size: int):
         data = data[0]
     if isinstance(data, (np.ndarray, tf.Tensor, dict)) or keras.ops.is_tensor(data):
         data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-    if isinstance(data, tf.data.Dataset) and steps is not None:
-        data = data.take(steps)
-    for count, batch in enumerate(data):
-        if steps is not None and count == steps:
-            return
+    for batch in itertools.islice(data, steps):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _check_steps(steps) -> None:
-    if steps is None:
-        return
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"`steps` must be None or an int >= 1. Received: steps={steps!r}")
+def _trained_batchnorm_layers(model) -> list:
+    """The BatchNormalization layers whose statistics `fit` updates: the trainable ones."""
+    return [layer for layer in batchnorm_layers(model) if layer.trainable]
 
 
 def _select(model, layers) -> list:
     if layers is None:
-        return [layer for layer in batchnorm_layers(model) if layer.trainable]
+        return _trained_batchnorm_layers(model)
     every = batchnorm_layers(model)
     for layer in layers:
         if not any(layer is known for known in every):
@@ -114,9 +110,9 @@ def update_batchnorm(
         Generalization, arXiv 1803.05407 (section 3.2, batch normalization).
     """
     _check_layer(model, "model")
-    _check_steps(steps)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    if steps is not None:
+        check_count(steps, "steps", 1)
+    check_count(batch_size, "batch_size", 1)
     selected = _select(model, layers)
     if not selected:
         return []

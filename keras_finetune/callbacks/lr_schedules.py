@@ -24,14 +24,9 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
+from keras_finetune.callbacks._checks import check_count
 
 __all__ = ["StepLR", "CosineAnnealing"]
-
-
-def _check_count(value, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{argument}` must be an int >= {minimum}. Received: {argument}={value!r}")
-    return int(value)
 
 
 class _EpochSchedule(keras.callbacks.Callback):
@@ -119,7 +114,7 @@ class StepLR(_EpochSchedule):
 
     def __init__(self, step_size: int, gamma: float = 0.1, verbose: int = 0):
         super().__init__(verbose)
-        self.step_size = _check_count(step_size, "step_size", 1)
+        self.step_size = check_count(step_size, "step_size", 1)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number)) or not gamma > 0:
             raise ValueError(f"`gamma` must be a number > 0. Received: gamma={gamma!r}")
         self.gamma = float(gamma)
@@ -162,11 +157,11 @@ class CosineAnnealing(_EpochSchedule):
 
     def __init__(self, t_max: int, eta_min: float = 0.0, warmup_epochs: int = 0, verbose: int = 0):
         super().__init__(verbose)
-        self.t_max = _check_count(t_max, "t_max", 1)
+        self.t_max = check_count(t_max, "t_max", 1)
         if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float, np.number)) or not eta_min >= 0:
             raise ValueError(f"`eta_min` must be a number >= 0. Received: eta_min={eta_min!r}")
         self.eta_min = float(eta_min)
-        self.warmup_epochs = _check_count(warmup_epochs, "warmup_epochs", 0)
+        self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
 
     def rate(self, epoch: int, base: float) -> float:
         if epoch < self.warmup_epochs:

@@ -17,19 +17,16 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
+from keras_finetune.callbacks._checks import is_int
 from keras_finetune.freezing import _all_layers, _size, unfreeze
 
 __all__ = ["ProgressiveUnfreezing"]
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_epochs(mapping, argument: str) -> list:
     epochs = list(mapping)
     for epoch in epochs:
-        if not _is_int(epoch) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ValueError(
                 f"The keys of `{argument}` must be epochs, ints >= 0 counted "
                 f"from 0 as Keras counts them. Received: {argument}={mapping!r}"
@@ -45,7 +42,7 @@ def _check_epochs(mapping, argument: str) -> list:
 def _check_phase(value, base_model: keras.Model):
     """Normalise one entry of `schedule`: an int N, "all", or a layer name."""
     layers = base_model.layers
-    if _is_int(value):
+    if is_int(value):
         if not 0 <= value <= len(layers):
             raise ValueError(
                 "An int in `schedule` counts entries of `base_model.layers` "
@@ -180,7 +177,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             )
         self._phases = [_check_phase(schedule[epoch], base_model) for epoch in self._starts]
         self._rates = self._check_learning_rates(learning_rates)
-        if not _is_int(warmup_steps) or warmup_steps < 0:
+        if not is_int(warmup_steps) or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}")
         self.base_model = base_model
         self.schedule = dict(schedule)

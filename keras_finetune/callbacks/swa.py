@@ -21,8 +21,8 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
-from keras_finetune.freezing import batchnorm_layers
+from keras_finetune.callbacks._checks import check_count, is_int
+from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 
 __all__ = ["SWA"]
 
@@ -40,16 +40,12 @@ class _State:
     anneal_from: float = math.nan  # the rate the annealing starts from
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _averaged(variable) -> bool:
     return "float" in str(variable.dtype)
 
 
 def _check_start_epoch(start_epoch) -> None:
-    if _is_int(start_epoch):
+    if is_int(start_epoch):
         if start_epoch < 0:
             raise ValueError(
                 f"`start_epoch` must be an epoch >= 0 or a fraction in [0, 1). Received: start_epoch={start_epoch!r}"
@@ -170,8 +166,7 @@ class SWA(keras.callbacks.Callback):
             if isinstance(swa_lr, bool) or not isinstance(swa_lr, (int, float, np.number)) or not swa_lr > 0:
                 raise ValueError(f"`swa_lr` must be None or a number > 0. Received: swa_lr={swa_lr!r}")
             swa_lr = float(swa_lr)
-        if not _is_int(anneal_epochs) or anneal_epochs < 0:
-            raise ValueError(f"`anneal_epochs` must be an int >= 0. Received: anneal_epochs={anneal_epochs!r}")
+        anneal_epochs = check_count(anneal_epochs, "anneal_epochs", 0)
         if anneal_epochs and swa_lr is None:
             raise ValueError(
                 f"`anneal_epochs` anneals the rate to `swa_lr`; give `swa_lr` too. Received: anneal_epochs={anneal_epochs}, swa_lr=None"
@@ -180,11 +175,11 @@ class SWA(keras.callbacks.Callback):
             raise ValueError(
                 f'`anneal_strategy` must be "cos" or "linear". Received: anneal_strategy={anneal_strategy!r}'
             )
-        if bn_steps is not None and (not _is_int(bn_steps) or bn_steps < 1):
-            raise ValueError(f"`bn_steps` must be None or an int >= 1. Received: bn_steps={bn_steps!r}")
+        if bn_steps is not None:
+            check_count(bn_steps, "bn_steps", 1)
         self.start_epoch = start_epoch
         self.swa_lr = swa_lr
-        self.anneal_epochs = int(anneal_epochs)
+        self.anneal_epochs = anneal_epochs
         self.anneal_strategy = anneal_strategy
         self.bn_data = bn_data
         self.bn_steps = bn_steps
@@ -217,7 +212,7 @@ class SWA(keras.callbacks.Callback):
             raise ValueError("SWA needs a compiled model: call `compile` first.")
         epochs = self.params.get("epochs")
         start = self.start_epoch
-        if not _is_int(start):
+        if not is_int(start):
             start = math.floor(start * epochs)
         if start >= epochs:
             raise ValueError(
@@ -293,7 +288,7 @@ class SWA(keras.callbacks.Callback):
                 variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def _update_batchnorm(self, final: bool) -> None:
-        trainable = [layer for layer in batchnorm_layers(self.model) if layer.trainable]
+        trainable = _trained_batchnorm_layers(self.model)
         if not trainable:
             return
         if self.bn_data is not None:
