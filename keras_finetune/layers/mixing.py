@@ -1,0 +1,496 @@
+"""MixUp, CutMix and a per-batch switch between them, for `(images, labels)`.
+
+Keras 3's `keras.layers.MixUp`/`CutMix` mix labels only when handed the
+`{"images", "labels"}` dict, need float one-hot labels, and inside a model
+mix the images while leaving the labels alone, without a word. These layers
+take `(images, labels)` the way a batched `tf.data` pipeline hands them over
+(`ds.map(MixUp(num_classes=10))`), accept integer or one-hot labels and the
+dict form, smooth the labels before mixing, and refuse to mix images without
+their labels.
+
+Each sample gets its own λ ~ Beta(α, α) and its partner from one random
+permutation of the batch, shared by images and labels. CutMix pastes a box
+from the partner and uses the box's area, after clipping at the borders, as
+the label weight. The random draws (`get_random_transformation`) are apart
+from applying them (`transform`), so a test can inject λ, partners and boxes.
+
+`enabled` is a boolean variable the traced pipeline reads on every batch:
+`keras_finetune.callbacks.StopMixing` turns it off for the last epochs. Off,
+or at inference (`training=False`), images pass through untouched and labels
+come back one-hot (smoothed only in training).
+
+References:
+    Zhang et al., mixup: Beyond Empirical Risk Minimization, arXiv 1710.09412.
+    Yun et al., CutMix: Regularization Strategy to Train Strong Classifiers
+    with Localizable Features, arXiv 1905.04899.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_finetune.layers._checks import check_data_format
+from keras_finetune.losses import _check_smoothing, _smooth
+
+__all__ = ["CutMix", "MixUp", "MixUpOrCutMix"]
+
+
+def _check_alpha(alpha, argument: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"`{argument}` must be a float. Received: {argument}={alpha!r}")
+    if not alpha > 0.0:
+        raise ValueError(f"`{argument}` must be > 0. Received: {argument}={alpha!r}")
+    return float(alpha)
+
+
+def _check_probability(value, argument: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{argument}` must be a float. Received: {argument}={value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{argument}` must be in [0, 1]. Received: {argument}={value!r}")
+    return float(value)
+
+
+def _check_num_classes(num_classes):
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"`num_classes` must be a positive int or None. Received: num_classes={num_classes!r}"
+        )
+    return num_classes
+
+
+def _is_float(dtype) -> bool:
+    return tf.as_dtype(dtype).is_floating
+
+
+class _Mixing(keras.layers.Layer):
+    """Input handling, label preparation, the on/off switch and config of the mixing layers."""
+
+    # The dtype images of an integer type come back as; None keeps the type.
+    _integer_images_become = "float32"
+
+    def __init__(self, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = _check_num_classes(num_classes)
+        self.label_smoothing = _check_smoothing(label_smoothing, "uniform", "label_smoothing")
+        self.data_format = check_data_format(data_format)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self.enabled = tf.Variable(True, trainable=False, name="mixing_enabled")
+        # Images keep their dtype (uint8, float16...): Keras would cast them to float32.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+        self.built = True
+
+    def call(self, images, labels=None, training=True):
+        if isinstance(images, dict):
+            if labels is not None:
+                raise ValueError(
+                    f"{type(self).__name__} takes a dict or (images, labels), not both. "
+                    f"Received: a dict and labels={labels!r}"
+                )
+            data = dict(images)
+            data["images"], data["labels"] = self.call(
+                data.get("images"), data.get("labels"), training=training
+            )
+            return data
+        if labels is None:
+            self._refuse_images_alone()
+        images, labels = self._check_inputs(images, labels)
+        images = self._cast_images(images)
+        labels = self._one_hot(labels)
+        if training is False:
+            return images, labels
+        labels = _smooth(labels, self.label_smoothing, "uniform") if self.label_smoothing else labels
+
+        def mix():
+            transformation = self.get_random_transformation(images)
+            return self.transform(images, labels, transformation)
+
+        mixed_images, mixed_labels = tf.cond(self.enabled, mix, lambda: (images, labels))
+        mixed_images.set_shape(images.shape)
+        mixed_labels.set_shape(labels.shape)
+        return mixed_images, mixed_labels
+
+    def _refuse_images_alone(self):
+        raise ValueError(
+            f"{type(self).__name__} mixes images and labels together, and received no "
+            "labels. Inside a model it never sees the labels, so it would mix the images "
+            "alone. Map it over the batched dataset instead, "
+            f"`train_ds.map({type(self).__name__}(num_classes=...))`, or wrap the model "
+            "in `keras_finetune.models.MixingModel(model, layer)` to mix on the "
+            "accelerator. Received: labels=None"
+        )
+
+    def _check_inputs(self, images, labels):
+        images = tf.convert_to_tensor(images)
+        labels = tf.convert_to_tensor(labels)
+        if images.shape.rank != 4:
+            detail = (
+                " A single image cannot be mixed: batch the dataset before mapping this layer."
+                if images.shape.rank == 3
+                else ""
+            )
+            raise ValueError(
+                f"`images` must be a batch of rank 4 (batch, height, width, channels or "
+                f"channels-first).{detail} Received: images of shape {tuple(images.shape)}"
+            )
+        batch, label_batch = images.shape[0], labels.shape[0] if labels.shape.rank else None
+        if labels.shape.rank == 0 or (batch is not None and label_batch is not None and batch != label_batch):
+            raise ValueError(
+                "`labels` must have the same batch size as `images`. "
+                f"Received: images of shape {tuple(images.shape)}, labels of shape {tuple(labels.shape)}"
+            )
+        return images, labels
+
+    def _cast_images(self, images):
+        if _is_float(images.dtype) or self._integer_images_become is None:
+            return images
+        return tf.cast(images, self._integer_images_become)
+
+    def _one_hot(self, labels):
+        """Integer ids (batch,) or (batch, 1) → float one-hot; float labels are taken as one-hot."""
+        if labels.dtype.is_integer:
+            if self.num_classes is None:
+                raise ValueError(
+                    f"Integer labels need `num_classes` to become one-hot. Pass "
+                    f"{type(self).__name__}(num_classes=...). Received: num_classes=None"
+                )
+            if labels.shape.rank == 2 and labels.shape[-1] == 1:
+                labels = labels[:, 0]
+            if labels.shape.rank != 1:
+                raise ValueError(
+                    "Integer labels must have shape (batch,) or (batch, 1). "
+                    f"Received: labels of shape {tuple(labels.shape)}"
+                )
+            checks = [
+                tf.debugging.assert_non_negative(labels, message="labels must be >= 0"),
+                tf.debugging.assert_less(
+                    labels, tf.cast(self.num_classes, labels.dtype), message="labels must be < num_classes"
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                return tf.one_hot(labels, self.num_classes, dtype="float32")
+        if not labels.dtype.is_floating or labels.shape.rank != 2:
+            raise ValueError(
+                "`labels` must be integer class ids or float one-hot rows of shape "
+                f"(batch, num_classes). Received: labels of dtype {labels.dtype.name} "
+                f"and shape {tuple(labels.shape)}"
+            )
+        if self.num_classes is not None and labels.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"One-hot labels have {labels.shape[-1]} classes on their last axis. "
+                f"Received: num_classes={self.num_classes}"
+            )
+        return labels
+
+    def _spatial_size(self, images):
+        shape = tf.shape(images)
+        if self.data_format == "channels_first":
+            return shape[0], shape[2], shape[3]
+        return shape[0], shape[1], shape[2]
+
+    def _permutation(self, batch_size):
+        return tf.argsort(keras.random.uniform((batch_size,), seed=self.generator))
+
+    def _beta(self, batch_size, alpha):
+        return keras.random.beta((batch_size,), alpha, alpha, seed=self.generator)
+
+    def compute_output_spec(self, images, labels=None, training=True):
+        if isinstance(images, dict):
+            return super().compute_output_spec(images, labels, training=training)
+        if labels is None:
+            self._refuse_images_alone()
+        dtype = images.dtype
+        if not _is_float(dtype) and self._integer_images_become is not None:
+            dtype = self._integer_images_become
+        labels_dtype = labels.dtype if _is_float(labels.dtype) else "float32"
+        num_classes = self.num_classes if not _is_float(labels.dtype) else labels.shape[-1]
+        return (
+            keras.KerasTensor(images.shape, dtype=dtype),
+            keras.KerasTensor((labels.shape[0], num_classes), dtype=labels_dtype),
+        )
+
+    def get_config(self):
+        config = {
+            "num_classes": self.num_classes,
+            "label_smoothing": self.label_smoothing,
+            "data_format": self.data_format,
+            "seed": self.seed,
+        }
+        return {**super().get_config(), **config}
+
+
+def _mix_images(images, lam, permutation):
+    """λ·x + (1−λ)·x[perm], written as one gather and one multiply-add."""
+    partners = tf.gather(images, permutation)
+    lam = tf.cast(tf.reshape(lam, (-1, 1, 1, 1)), images.dtype)
+    return partners + lam * (images - partners)
+
+
+def _mix_labels(labels, lam, permutation):
+    partners = tf.gather(labels, permutation)
+    lam = tf.cast(tf.reshape(lam, (-1, 1)), labels.dtype)
+    return partners + lam * (labels - partners)
+
+
+def _cut_boxes(generator, lam, height, width):
+    """Boxes (y1, x1, y2, x2) of area ≈ (1−λ)·H·W around a uniform centre, clipped at the borders."""
+    batch_size = tf.shape(lam)[0]
+    cut = tf.sqrt(1.0 - tf.cast(lam, "float32"))
+    cut_h = tf.cast(cut * tf.cast(height, "float32"), "int32")
+    cut_w = tf.cast(cut * tf.cast(width, "float32"), "int32")
+    centre_y = keras.random.randint((batch_size,), 0, height, seed=generator, dtype="int32")
+    centre_x = keras.random.randint((batch_size,), 0, width, seed=generator, dtype="int32")
+    y1 = centre_y - cut_h // 2
+    x1 = centre_x - cut_w // 2
+    return tf.stack(
+        [
+            tf.clip_by_value(y1, 0, height),
+            tf.clip_by_value(x1, 0, width),
+            tf.clip_by_value(y1 + cut_h, 0, height),
+            tf.clip_by_value(x1 + cut_w, 0, width),
+        ],
+        axis=1,
+    )
+
+
+def _box_lam(boxes, height, width):
+    """The share of each image left outside its box: the area-corrected label weight."""
+    area = tf.cast((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), "float32")
+    return 1.0 - area / tf.cast(height * width, "float32")
+
+
+def _cut_images(images, boxes, permutation, data_format):
+    """Paste each partner's box into the image: one gather and one select, any dtype."""
+    if data_format == "channels_first":
+        height, width = tf.shape(images)[2], tf.shape(images)[3]
+        row_shape, col_shape = (-1, 1, height, 1), (-1, 1, 1, width)
+    else:
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        row_shape, col_shape = (-1, height, 1, 1), (-1, 1, width, 1)
+    rows = tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    in_rows = tf.reshape((rows >= boxes[:, 0:1]) & (rows < boxes[:, 2:3]), row_shape)
+    in_cols = tf.reshape((cols >= boxes[:, 1:2]) & (cols < boxes[:, 3:4]), col_shape)
+    return tf.where(in_rows & in_cols, tf.gather(images, permutation), images)
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class MixUp(_Mixing):
+    """MixUp for `(images, labels)` batches: blend each sample with a random partner.
+
+    Each sample `i` gets `λ_i ~ Beta(α, α)` and a partner `p(i)` from one
+    random permutation of the batch: `x_i ← λ_i x_i + (1 − λ_i) x_p(i)` and the
+    same for its (smoothed, one-hot) label. Integer images come back float32
+    in their original range (a blend is not an integer); float16/bfloat16 and
+    float32 keep their dtype. What Keras's `MixUp` lacks: the
+    `(images, labels)` call, integer labels, label smoothing, an error instead
+    of silently mixing images alone, and the on/off switch.
+
+    Args:
+        alpha: float. α > 0 of the Beta distribution; small values keep most
+            samples close to themselves. Defaults to 0.2.
+        num_classes: int. Number of classes, needed for integer labels (which
+            come back one-hot float32); checked against one-hot labels.
+            Defaults to `None`.
+        label_smoothing: float. ε in [0, 1), applied before mixing: the true
+            class gets `1 − ε + ε/K`. Defaults to 0.
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
+        seed: int. Seed of the random draws. Defaults to `None`.
+
+    Example:
+
+    ```python
+    train_ds = train_ds.batch(64).map(MixUp(num_classes=10, label_smoothing=0.1))
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    model.fit(train_ds)
+    ```
+
+    References:
+        Zhang et al., mixup: Beyond Empirical Risk Minimization,
+        arXiv 1710.09412.
+    """
+
+    def __init__(self, alpha=0.2, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
+        super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
+        self.alpha = _check_alpha(alpha, "alpha")
+
+    def get_random_transformation(self, images):
+        """Draw `{"lam": (batch,), "permutation": (batch,)}` for a batch of images."""
+        batch_size = tf.shape(images)[0]
+        return {"lam": self._beta(batch_size, self.alpha), "permutation": self._permutation(batch_size)}
+
+    def transform(self, images, labels, transformation):
+        """Mix float images and one-hot labels with the given λ and permutation."""
+        lam, permutation = transformation["lam"], transformation["permutation"]
+        return _mix_images(images, lam, permutation), _mix_labels(labels, lam, permutation)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class CutMix(_Mixing):
+    """CutMix for `(images, labels)` batches: paste a box from a random partner.
+
+    Sample `i` draws `λ_i ~ Beta(α, α)` and a box of `√(1−λ_i)` times the
+    image's height and width around a uniform centre, clipped at the borders;
+    the box's pixels come from its partner `p(i)` (one permutation for the
+    batch). The label weight is the area actually kept, `1 − box/(H·W)`, so
+    a box cut short by a border counts for what it covers. Pixels are copied,
+    never blended: uint8 images stay uint8 and every dtype is kept. What
+    Keras's `CutMix` lacks: the `(images, labels)` call, integer labels, label
+    smoothing, the area correction per sample, and a single vectorised select
+    instead of per-image slicing.
+
+    Args:
+        alpha: float. α > 0 of the Beta distribution. Defaults to 1.0
+            (box area uniform).
+        num_classes: int. Number of classes, needed for integer labels.
+            Defaults to `None`.
+        label_smoothing: float. ε in [0, 1), applied before mixing.
+            Defaults to 0.
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
+        seed: int. Seed of the random draws. Defaults to `None`.
+
+    Example:
+
+    ```python
+    train_ds = train_ds.batch(64).map(CutMix(num_classes=10))
+    ```
+
+    References:
+        Yun et al., CutMix: Regularization Strategy to Train Strong
+        Classifiers with Localizable Features, arXiv 1905.04899.
+    """
+
+    _integer_images_become = None
+
+    def __init__(self, alpha=1.0, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
+        super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
+        self.alpha = _check_alpha(alpha, "alpha")
+
+    def get_random_transformation(self, images):
+        """Draw `{"boxes": (batch, 4) int32 y1, x1, y2, x2, "permutation": (batch,)}`."""
+        batch_size, height, width = self._spatial_size(images)
+        lam = self._beta(batch_size, self.alpha)
+        return {
+            "boxes": _cut_boxes(self.generator, lam, height, width),
+            "permutation": self._permutation(batch_size),
+        }
+
+    def transform(self, images, labels, transformation):
+        """Paste the given boxes from the permuted batch; weight labels by the area kept."""
+        boxes, permutation = transformation["boxes"], transformation["permutation"]
+        _, height, width = self._spatial_size(images)
+        lam = _box_lam(boxes, height, width)
+        return _cut_images(images, boxes, permutation, self.data_format), _mix_labels(labels, lam, permutation)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class MixUpOrCutMix(_Mixing):
+    """Per batch: mix with probability `prob`, by CutMix with probability `switch_prob`, else MixUp.
+
+    timm's `Mixup` in batch mode. One uniform draw per batch decides whether
+    it is mixed, a second whether by CutMix; a batch left unmixed still gets
+    its labels one-hot and smoothed. Integer images come back float32 (a
+    dataset has one dtype, and a MixUp batch is not integer).
+
+    Args:
+        mixup_alpha: float. α > 0 for MixUp's λ. Defaults to 0.2.
+        cutmix_alpha: float. α > 0 for CutMix's λ. Defaults to 1.0.
+        switch_prob: float in [0, 1]. Probability that a mixed batch uses
+            CutMix. Defaults to 0.5.
+        prob: float in [0, 1]. Probability that a batch is mixed at all.
+            Defaults to 1.0.
+        num_classes: int. Number of classes, needed for integer labels.
+            Defaults to `None`.
+        label_smoothing: float. ε in [0, 1), applied before mixing.
+            Defaults to 0.
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
+        seed: int. Seed of the random draws. Defaults to `None`.
+
+    Example:
+
+    ```python
+    mixing = MixUpOrCutMix(num_classes=1000, label_smoothing=0.1)
+    train_ds = train_ds.batch(128).map(mixing, num_parallel_calls=tf.data.AUTOTUNE)
+    ```
+
+    References:
+        Zhang et al., arXiv 1710.09412; Yun et al., arXiv 1905.04899.
+    """
+
+    def __init__(
+        self,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        switch_prob=0.5,
+        prob=1.0,
+        num_classes=None,
+        label_smoothing=0.0,
+        data_format=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
+        self.mixup_alpha = _check_alpha(mixup_alpha, "mixup_alpha")
+        self.cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha")
+        self.switch_prob = _check_probability(switch_prob, "switch_prob")
+        self.prob = _check_probability(prob, "prob")
+
+    def get_random_transformation(self, images):
+        """Draw `mix`, `use_cutmix` (scalar bools), `lam`, `boxes` and `permutation`."""
+        batch_size, height, width = self._spatial_size(images)
+        coins = keras.random.uniform((2,), seed=self.generator)
+        use_cutmix = coins[1] < self.switch_prob
+        lam = tf.where(
+            use_cutmix, self._beta(batch_size, self.cutmix_alpha), self._beta(batch_size, self.mixup_alpha)
+        )
+        return {
+            "mix": coins[0] < self.prob,
+            "use_cutmix": use_cutmix,
+            "lam": lam,
+            "boxes": _cut_boxes(self.generator, lam, height, width),
+            "permutation": self._permutation(batch_size),
+        }
+
+    def transform(self, images, labels, transformation):
+        """Apply MixUp (with `lam`), CutMix (with `boxes`) or nothing, as the flags say."""
+        permutation = transformation["permutation"]
+        _, height, width = self._spatial_size(images)
+
+        def cutmix():
+            boxes = transformation["boxes"]
+            lam = _box_lam(boxes, height, width)
+            return _cut_images(images, boxes, permutation, self.data_format), _mix_labels(labels, lam, permutation)
+
+        def mixup():
+            lam = transformation["lam"]
+            return _mix_images(images, lam, permutation), _mix_labels(labels, lam, permutation)
+
+        return tf.cond(
+            transformation["mix"],
+            lambda: tf.cond(transformation["use_cutmix"], cutmix, mixup),
+            lambda: (images, labels),
+        )
+
+    def get_config(self):
+        config = {
+            "mixup_alpha": self.mixup_alpha,
+            "cutmix_alpha": self.cutmix_alpha,
+            "switch_prob": self.switch_prob,
+            "prob": self.prob,
+        }
+        return {**super().get_config(), **config}
