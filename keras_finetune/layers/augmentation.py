@@ -1,0 +1,147 @@
+"""`image_augmentation`: the usual fine-tuning augmentation as one `keras.Sequential`.
+
+Built from Keras's own layers (flip, rotation, zoom, translation, brightness,
+contrast, saturation, hue) plus `RandomResizedCrop`, which Keras lacks. It is
+the torchvision-style recipe that fine-tuning snippets copy, with every part
+adjustable and each one switched off by passing `None` (or 0).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_finetune.layers.random_resized_crop import RandomResizedCrop
+
+__all__ = ["image_augmentation"]
+
+_FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+
+
+def _check_amount(value, argument: str, high: float):
+    """None or a float in [0, high]; 0 means off."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
+        raise ValueError(f"`{argument}` must be None or a float in [0, {high}]. Received: {argument}={value!r}")
+    return float(value) or None
+
+
+def image_augmentation(
+    height: int | None = None,
+    width: int | None = None,
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+    flip: str | None = "horizontal",
+    rotation: float | None = 30.0,
+    zoom: float | None = 0.1,
+    translation: float | None = 0.1,
+    brightness: float | None = 0.2,
+    contrast: float | None = 0.2,
+    saturation: float | None = 0.2,
+    hue: float | None = 0.2,
+    value_range=(0, 255),
+    data_format: str | None = None,
+    seed: int | None = None,
+    name: str = "image_augmentation",
+) -> keras.Sequential:
+    """A `keras.Sequential` of augmentation layers for training images.
+
+    In order: `RandomResizedCrop(height, width, crop_scale, crop_ratio)` (only
+    when `height` and `width` are given), `RandomFlip(flip)`,
+    `RandomRotation(±rotation°)`, `RandomZoom(±zoom)`,
+    `RandomTranslation(±translation)`, `RandomBrightness`, `RandomContrast`,
+    `RandomSaturation`, `RandomHue`. Every layer is identity at inference
+    except the crop, which centre-crops to the output's aspect ratio and
+    resizes. Map it over the dataset (`ds.map(lambda x, y: (aug(x), y))`, or
+    the dict form) or put it at the start of the model.
+
+    Args:
+        height: int. Output height of the random resized crop; with `width`,
+            turns the crop on. Defaults to `None` (no crop).
+        width: int. Output width of the crop. Defaults to `None`.
+        crop_scale: (min, max). Area range of the crop. Defaults to
+            (0.08, 1.0).
+        crop_ratio: (min, max). Aspect-ratio range of the crop. Defaults to
+            (3/4, 4/3).
+        flip: str. `"horizontal"`, `"vertical"`, `"horizontal_and_vertical"`
+            or `None`. Defaults to `"horizontal"`.
+        rotation: float. Maximum rotation in degrees, either way (at most
+            180). Defaults to 30.
+        zoom: float. Maximum zoom in or out, as a fraction of the size
+            (Keras's `RandomZoom` factor). Defaults to 0.1.
+        translation: float. Maximum shift as a fraction of height and width.
+            Defaults to 0.1.
+        brightness: float. Keras's `RandomBrightness` factor: a shift of up to
+            ±brightness of `value_range`'s span. Defaults to 0.2.
+        contrast: float. Contrast scaled by a factor in [1 − c, 1 + c], as
+            Keras's `RandomContrast` (and torchvision). Defaults to 0.2.
+        saturation: float. Saturation scaled by a factor in [1 − s, 1 + s],
+            as torchvision's `ColorJitter`; converted to Keras's
+            `RandomSaturation` factor (which has 0.5 as identity). At most 1.
+            Defaults to 0.2.
+        hue: float. Hue shifted by up to ±hue of a full turn, as
+            torchvision's `ColorJitter` (at most 0.5); converted to Keras's
+            `RandomHue` factor. Defaults to 0.2.
+        value_range: (min, max). Range of the pixel values, for the colour
+            layers. Defaults to (0, 255).
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
+        seed: int. Base seed; layer `i` gets `seed + i`. Defaults to `None`.
+        name: str. Name of the Sequential. Defaults to
+            `"image_augmentation"`.
+
+    Returns:
+        A `keras.Sequential` (empty layers are left out).
+
+    Example:
+
+    ```python
+    augment = image_augmentation(224, 224, rotation=None, hue=0.05)
+    train_ds = train_ds.batch(64).map(lambda x, y: (augment(x), y))
+    ```
+    """
+    if (height is None) != (width is None):
+        raise ValueError(
+            f"`height` and `width` turn the crop on together. Received: height={height!r}, width={width!r}"
+        )
+    if flip is not None and flip not in _FLIPS:
+        raise ValueError(f"`flip` must be one of {_FLIPS} or None. Received: flip={flip!r}")
+    rotation = _check_amount(rotation, "rotation", 180.0)
+    zoom = _check_amount(zoom, "zoom", 1.0)
+    translation = _check_amount(translation, "translation", 1.0)
+    brightness = _check_amount(brightness, "brightness", 1.0)
+    contrast = _check_amount(contrast, "contrast", 1.0)
+    saturation = _check_amount(saturation, "saturation", 1.0)
+    hue = _check_amount(hue, "hue", 0.5)
+
+    seeds = iter(range(seed, seed + 9)) if seed is not None else iter([None] * 9)
+    common = {"data_format": data_format}
+    parts = []
+    if height is not None:
+        parts.append(RandomResizedCrop(height, width, crop_scale, crop_ratio, seed=next(seeds), **common))
+    else:
+        next(seeds)
+    candidates = [
+        (flip, lambda s: keras.layers.RandomFlip(flip, seed=s, **common)),
+        (rotation, lambda s: keras.layers.RandomRotation(rotation / 360.0, seed=s, **common)),
+        (zoom, lambda s: keras.layers.RandomZoom(zoom, seed=s, **common)),
+        (translation, lambda s: keras.layers.RandomTranslation(translation, translation, seed=s, **common)),
+        (brightness, lambda s: keras.layers.RandomBrightness(brightness, value_range=value_range, seed=s, **common)),
+        # A single float would give Keras's [1, 1 + c] (its factor bounds clip −c to 0).
+        (contrast, lambda s: keras.layers.RandomContrast((contrast, contrast), value_range=value_range, seed=s, **common)),
+        # Keras scales saturation by f / (1 − f): f = m / (1 + m) gives the multiplier m.
+        (
+            saturation,
+            lambda s: keras.layers.RandomSaturation(
+                ((1 - saturation) / (2 - saturation), (1 + saturation) / (2 + saturation)),
+                value_range=value_range, seed=s, **common,
+            ),
+        ),
+        # Keras shifts hue by ±factor/2 of a turn.
+        (hue, lambda s: keras.layers.RandomHue(2.0 * hue, value_range=value_range, seed=s, **common)),
+    ]
+    for setting, make in candidates:
+        layer_seed = next(seeds)
+        if setting is not None:
+            parts.append(make(layer_seed))
+    return keras.Sequential(parts, name=name)

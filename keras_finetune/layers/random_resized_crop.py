@@ -1,0 +1,224 @@
+"""Inception-style random resized crop, vectorised over the batch.
+
+Keras has `RandomCrop` (fixed size) and `RandomZoom`, but not the crop that
+every ImageNet recipe starts with (torchvision's `RandomResizedCrop`): a box
+of random area and aspect ratio, resized to the output size. The usual Keras
+snippet maps `tf.image.sample_distorted_bounding_box` + `crop` + `resize`
+over single images; here one `crop_and_resize` call handles the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_finetune.layers._checks import check_data_format
+
+__all__ = ["RandomResizedCrop"]
+
+_ATTEMPTS = 10
+
+
+def _check_size(value, argument: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{argument}` must be a positive int. Received: {argument}={value!r}")
+    return value
+
+
+def _check_range(value, argument: str, low: float, high: float) -> tuple[float, float]:
+    """A (min, max) pair with low < min <= max <= high (high may be inf)."""
+    try:
+        first, second = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{argument}` must be a (min, max) pair. Received: {argument}={value!r}") from None
+    if not low < first <= second <= high:
+        raise ValueError(
+            f"`{argument}` must be a non-empty range (min, max) with {low} < min <= max <= {high}. "
+            f"Received: {argument}={value!r}"
+        )
+    return first, second
+
+
+def _centre_box(height, width, ratio_min, ratio_max):
+    """The largest centred box whose aspect ratio w/h lies in [ratio_min, ratio_max]."""
+    height_f, width_f = tf.cast(height, "float32"), tf.cast(width, "float32")
+    image_ratio = width_f / height_f
+    box_w = tf.where(
+        image_ratio > ratio_max, tf.round(height_f * ratio_max), width_f
+    )
+    box_h = tf.where(
+        image_ratio < ratio_min, tf.round(width_f / ratio_min), height_f
+    )
+    box_h, box_w = tf.cast(box_h, "int32"), tf.cast(box_w, "int32")
+    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class RandomResizedCrop(keras.layers.Layer):
+    """Crop a box of random area and aspect ratio from each image and resize it.
+
+    For each image, up to 10 candidate boxes are drawn at once: area
+    `U(scale)·H·W`, aspect ratio `w/h` log-uniform in `ratio`; the first that
+    fits inside the image is taken, at a uniform position. When none fits
+    (a very elongated image), the largest centred box with an allowed aspect
+    ratio is used, as torchvision does. All boxes go through a single
+    `tf.image.crop_and_resize` (bilinear). At inference (`training=False`)
+    the image is centre-cropped to the output's aspect ratio and resized, so
+    an image already of the output size comes back unchanged.
+
+    Float images keep their dtype; integer images come back float32 in their
+    original range (a bilinear resize is not integer). Accepts a batch
+    (rank 4), a single image (rank 3), or Keras's dict form (`"images"` is
+    cropped, other entries pass through).
+
+    Args:
+        height: int. Output height.
+        width: int. Output width.
+        scale: (min, max). Range of the box's area as a fraction of the
+            image's, 0 < min <= max <= 1. Defaults to (0.08, 1.0).
+        ratio: (min, max). Range of the box's aspect ratio w/h,
+            0 < min <= max. Defaults to (3/4, 4/3).
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
+        seed: int. Seed of the random draws. Defaults to `None`.
+
+    Example:
+
+    ```python
+    crop = RandomResizedCrop(224, 224)
+    train_ds = train_ds.batch(64).map(lambda x, y: (crop(x), y))
+    ```
+
+    References:
+        Szegedy et al., Going Deeper with Convolutions, arXiv 1409.4842.
+    """
+
+    def __init__(
+        self,
+        height,
+        width,
+        scale=(0.08, 1.0),
+        ratio=(3.0 / 4.0, 4.0 / 3.0),
+        data_format=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.height = _check_size(height, "height")
+        self.width = _check_size(width, "width")
+        self.scale = _check_range(scale, "scale", 0.0, 1.0)
+        self.ratio = _check_range(ratio, "ratio", 0.0, math.inf)
+        self.data_format = check_data_format(data_format)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+        self.built = True
+
+    def call(self, images, training=True):
+        if isinstance(images, dict):
+            data = dict(images)
+            data["images"] = self.call(data["images"], training=training)
+            return data
+        images = tf.convert_to_tensor(images)
+        rank = images.shape.rank
+        if rank not in (3, 4):
+            raise ValueError(
+                f"`images` must have rank 3 (one image) or 4 (a batch). "
+                f"Received: images of shape {tuple(images.shape)}"
+            )
+        batch = images if rank == 4 else images[None]
+        if self.data_format == "channels_first":
+            batch = tf.transpose(batch, (0, 2, 3, 1))
+        if training is False:
+            boxes = self._inference_boxes(batch)
+        else:
+            boxes = self.get_random_transformation(batch)["boxes"]
+        output = self.transform(batch, boxes)
+        if self.data_format == "channels_first":
+            output = tf.transpose(output, (0, 3, 1, 2))
+        return output if rank == 4 else output[0]
+
+    def get_random_transformation(self, images):
+        """Draw `{"boxes": (batch, 4) int32 y, x, h, w}` for channels-last `images`."""
+        shape = tf.shape(images)
+        batch_size, height, width = shape[0], shape[1], shape[2]
+        height_f, width_f = tf.cast(height, "float32"), tf.cast(width, "float32")
+        draws = (batch_size, _ATTEMPTS)
+        area = keras.random.uniform(draws, *self.scale, seed=self.generator) * height_f * width_f
+        log_ratio = keras.random.uniform(
+            draws, math.log(self.ratio[0]), math.log(self.ratio[1]), seed=self.generator
+        )
+        aspect = tf.exp(log_ratio)
+        box_w = tf.cast(tf.round(tf.sqrt(area * aspect)), "int32")
+        box_h = tf.cast(tf.round(tf.sqrt(area / aspect)), "int32")
+        fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+        first = tf.argmax(tf.cast(fits, "int32"), axis=1, output_type="int32")
+        box_h = tf.gather(box_h, first, batch_dims=1)
+        box_w = tf.gather(box_w, first, batch_dims=1)
+        offsets = keras.random.uniform((batch_size, 2), seed=self.generator)
+        y = tf.cast(offsets[:, 0] * tf.cast(height - box_h + 1, "float32"), "int32")
+        x = tf.cast(offsets[:, 1] * tf.cast(width - box_w + 1, "float32"), "int32")
+        # A uniform draw can reach 1.0 after rounding to float32; keep the box inside.
+        y, x = tf.minimum(y, height - box_h), tf.minimum(x, width - box_w)
+        centre = _centre_box(height, width, *self.ratio)
+        found = tf.reduce_any(fits, axis=1)
+        boxes = tf.stack([y, x, box_h, box_w], axis=1)
+        fallback = tf.broadcast_to(tf.stack(centre), tf.shape(boxes))
+        return {"boxes": tf.where(found[:, None], boxes, fallback)}
+
+    def _inference_boxes(self, images):
+        shape = tf.shape(images)
+        target_ratio = self.width / self.height
+        centre = tf.stack(_centre_box(shape[1], shape[2], target_ratio, target_ratio))
+        return tf.broadcast_to(centre, (shape[0], 4))
+
+    def transform(self, images, boxes):
+        """Crop channels-last `images` to integer `boxes` (y, x, h, w) and resize, in one call."""
+        images = tf.convert_to_tensor(images)
+        shape = tf.shape(images)
+        span_h = tf.cast(tf.maximum(shape[1] - 1, 1), "float32")
+        span_w = tf.cast(tf.maximum(shape[2] - 1, 1), "float32")
+        boxes = tf.cast(boxes, "float32")
+        # crop_and_resize puts the output's corner pixels on the box's corner pixel centres.
+        normalised = tf.stack(
+            [
+                boxes[:, 0] / span_h,
+                boxes[:, 1] / span_w,
+                (boxes[:, 0] + boxes[:, 2] - 1.0) / span_h,
+                (boxes[:, 1] + boxes[:, 3] - 1.0) / span_w,
+            ],
+            axis=1,
+        )
+        output = tf.image.crop_and_resize(
+            images, normalised, tf.range(shape[0]), (self.height, self.width)
+        )
+        return tf.cast(output, images.dtype) if images.dtype.is_floating else output
+
+    def compute_output_shape(self, input_shape):
+        input_shape = list(input_shape)
+        if self.data_format == "channels_first":
+            input_shape[-2:] = [self.height, self.width]
+        else:
+            input_shape[-3:-1] = [self.height, self.width]
+        return tuple(input_shape)
+
+    def compute_output_spec(self, images, training=True):
+        if isinstance(images, dict):
+            return super().compute_output_spec(images, training=training)
+        dtype = images.dtype if tf.as_dtype(images.dtype).is_floating else "float32"
+        return keras.KerasTensor(self.compute_output_shape(images.shape), dtype=dtype)
+
+    def get_config(self):
+        config = {
+            "height": self.height,
+            "width": self.width,
+            "scale": self.scale,
+            "ratio": self.ratio,
+            "data_format": self.data_format,
+            "seed": self.seed,
+        }
+        return {**super().get_config(), **config}
+
