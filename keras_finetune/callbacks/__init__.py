@@ -1,9 +1,10 @@
-"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA."""
+"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA, mixing off."""
 
 from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
 from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
 from keras_finetune.callbacks.lr_schedules import CosineAnnealing, StepLR
 from keras_finetune.callbacks.progressive_unfreezing import ProgressiveUnfreezing
+from keras_finetune.callbacks.stop_mixing import StopMixing
 from keras_finetune.callbacks.swa import SWA
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "LRFinder",
     "ProgressiveUnfreezing",
     "StepLR",
+    "StopMixing",
     "SWA",
     "lr_find",
     "update_batchnorm",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -15,3 +17,27 @@ def check_count(value, argument: str, minimum: int) -> int:
     if not is_int(value) or value < minimum:
         raise ValueError(f"`{argument}` must be an int >= {minimum}. Received: {argument}={value!r}")
     return int(value)
+
+
+def check_epoch(value, argument: str) -> None:
+    """A ValueError naming `argument` unless it is an int epoch >= 0 or a float fraction in [0, 1)."""
+    if is_int(value):
+        if value < 0:
+            raise ValueError(
+                f"`{argument}` must be an epoch >= 0 or a fraction in [0, 1). Received: {argument}={value!r}"
+            )
+    elif isinstance(value, (float, np.floating)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"A float `{argument}` is a fraction of the planned epochs, "
+                f"in [0, 1). Received: {argument}={value!r}"
+            )
+    else:
+        raise ValueError(
+            f"`{argument}` must be an int epoch or a float fraction. Received: {argument}={value!r}"
+        )
+
+
+def epoch_of(value, epochs: int) -> int:
+    """The epoch a `check_epoch` value names in a `fit` of `epochs` epochs (a fraction is floored)."""
+    return int(value) if is_int(value) else math.floor(value * epochs)

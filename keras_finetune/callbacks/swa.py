@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks._checks import check_count, is_int
+from keras_finetune.callbacks._checks import check_count, check_epoch, epoch_of
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 
 __all__ = ["SWA"]
@@ -42,24 +42,6 @@ class _State:
 
 def _averaged(variable) -> bool:
     return "float" in str(variable.dtype)
-
-
-def _check_start_epoch(start_epoch) -> None:
-    if is_int(start_epoch):
-        if start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be an epoch >= 0 or a fraction in [0, 1). Received: start_epoch={start_epoch!r}"
-            )
-    elif isinstance(start_epoch, (float, np.floating)):
-        if not 0.0 <= start_epoch < 1.0:
-            raise ValueError(
-                "A float `start_epoch` is a fraction of the planned epochs, "
-                f"in [0, 1). Received: start_epoch={start_epoch!r}"
-            )
-    else:
-        raise ValueError(
-            f"`start_epoch` must be an int epoch or a float fraction. Received: start_epoch={start_epoch!r}"
-        )
 
 
 class SWA(keras.callbacks.Callback):
@@ -161,7 +143,7 @@ class SWA(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        _check_start_epoch(start_epoch)
+        check_epoch(start_epoch, "start_epoch")
         if swa_lr is not None:
             if isinstance(swa_lr, bool) or not isinstance(swa_lr, (int, float, np.number)) or not swa_lr > 0:
                 raise ValueError(f"`swa_lr` must be None or a number > 0. Received: swa_lr={swa_lr!r}")
@@ -211,16 +193,14 @@ class SWA(keras.callbacks.Callback):
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("SWA needs a compiled model: call `compile` first.")
         epochs = self.params.get("epochs")
-        start = self.start_epoch
-        if not is_int(start):
-            start = math.floor(start * epochs)
+        start = epoch_of(self.start_epoch, epochs)
         if start >= epochs:
             raise ValueError(
                 f"SWA would start averaging at epoch {start} (counted from 0), "
                 f"but this `fit` runs epochs 0 to {epochs - 1}: nothing would be "
                 f"averaged. Received: start_epoch={self.start_epoch!r}, epochs={epochs}"
             )
-        self._start = int(start)
+        self._start = start
         if self.swa_lr is not None:
             _optimizer.check_settable(self.model.optimizer, "SWA")
             _optimizer.register_controller(self.model, "swa", self)

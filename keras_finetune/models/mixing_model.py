@@ -1,0 +1,92 @@
+"""`MixingModel`: MixUp/CutMix inside the training step, on the accelerator.
+
+When the input pipeline is CPU-bound, mixing big image batches on the host
+costs throughput. This wrapper runs the same mixing layer inside `fit`'s
+compiled step instead, on the device that trains: `train_step` mixes `(x, y)`
+before the forward pass; `evaluate` only turns integer labels one-hot (no
+mixing, no smoothing), so the compiled loss sees the same label form; and
+`predict`/`__call__` are the wrapped model's.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_finetune.layers.mixing import _Mixing
+
+__all__ = ["MixingModel"]
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class MixingModel(keras.Model):
+    """Wraps a model so that `fit` mixes each batch on the device, before the forward pass.
+
+    The mixing layer and its random draws are the ones a `tf.data` map would
+    use: the same layer with the same seed gives the same mixed batches
+    either way (on the same kind of device). Compile it as you would the
+    model, with a loss for one-hot targets (`"categorical_crossentropy"`):
+    the layer turns integer labels into one-hot rows. After `fit`, use
+    `mixing_model.model` (or the wrapper, which predicts the same).
+
+    Args:
+        model: keras.Model. The model to train.
+        mixing: a `MixUp`, `CutMix` or `MixUpOrCutMix` layer.
+
+    Example:
+
+    ```python
+    trainer = MixingModel(model, CutMix(num_classes=10))
+    trainer.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    trainer.fit(train_ds.batch(64), validation_data=val_ds.batch(64), epochs=10)
+    model.save("fine_tuned.keras")
+    ```
+    """
+
+    def __init__(self, model, mixing, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                f"MixingModel needs `model` to be a keras.Model. Received: model={model!r} "
+                f"of type {type(model).__name__}"
+            )
+        if not isinstance(mixing, _Mixing):
+            raise TypeError(
+                "MixingModel needs `mixing` to be a keras_finetune MixUp, CutMix or "
+                f"MixUpOrCutMix layer. Received: mixing={mixing!r} of type {type(mixing).__name__}"
+            )
+        self.model = model
+        self.mixing = mixing
+        self.built = model.built
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def _with_labels(self, data, training: bool):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "MixingModel trains and evaluates on (x, y) batches: mixing needs the labels. "
+                "Received: a batch without labels"
+            )
+        x, y = self.mixing(x, y, training=training)
+        return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+    def train_step(self, data):
+        return super().train_step(self._with_labels(data, training=True))
+
+    def test_step(self, data):
+        return super().test_step(self._with_labels(data, training=False))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "model": keras.saving.serialize_keras_object(self.model),
+            "mixing": keras.saving.serialize_keras_object(self.mixing),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("model", "mixing"):
+            config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
+        return cls(**config)
