@@ -91,7 +91,8 @@ def image_augmentation(
             `"image_augmentation"`.
 
     Returns:
-        A `keras.Sequential` (empty layers are left out).
+        A `keras.Sequential` of the parts switched on (an `Identity` layer
+        when none is).
 
     Example:
 
@@ -144,4 +145,5 @@ def image_augmentation(
         layer_seed = next(seeds)
         if setting is not None:
             parts.append(make(layer_seed))
-    return keras.Sequential(parts, name=name)
+    # Keras cannot call an empty Sequential.
+    return keras.Sequential(parts or [keras.layers.Identity()], name=name)
