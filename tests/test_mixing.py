@@ -194,7 +194,7 @@ def test_permutation_is_a_uniform_random_permutation():
 
 
 def test_mixup_or_cutmix_switch_and_prob_frequencies():
-    layer = MixUpOrCutMix(mixup_alpha=0.3, cutmix_alpha=2.0, switch_prob=0.3, prob=0.6, seed=13)
+    layer = MixUpOrCutMix(mixup_alpha=0.3, cutmix_alpha=2.0, switch_prob=0.3, prob=0.6, seed=14)
     draws = [layer.get_random_transformation(np.zeros((50, 4, 4, 1))) for _ in range(1500)]
     mix = np.array([bool(d["mix"]) for d in draws])
     cut = np.array([bool(d["use_cutmix"]) for d in draws])
@@ -313,6 +313,12 @@ def test_bad_inputs_name_what_was_received():
         MixUp(num_classes=4)({"images": images, "labels": labels}, labels)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be < num_classes"):
         MixUp(num_classes=3)(images, labels)
+    # Batch sizes unknown until the pipeline runs are checked when it runs.
+    mismatched = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(images).batch(4), tf.data.Dataset.from_tensor_slices(labels).batch(3)
+    ).map(MixUp(num_classes=4))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="differ in batch size"):
+        next(iter(mismatched))
 
 
 def test_inside_a_model_without_labels_it_refuses_to_mix_images_alone():
