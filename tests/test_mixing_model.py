@@ -82,3 +82,18 @@ def test_bad_arguments_and_batches_without_labels():
     wrapped.compile(loss="categorical_crossentropy")
     with pytest.raises(ValueError, match="without labels"):
         wrapped.fit(data()[0], batch_size=8, verbose=0)
+
+
+def test_trains_and_evaluates_under_mirrored_strategy(mirrored):
+    images, labels = data()
+    layer = CutMix(num_classes=4, seed=3)  # made outside the scope, as a pipeline layer would be
+    with mirrored.scope():
+        model = classifier()
+        wrapped = MixingModel(model, layer)
+        wrapped.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    wrapped.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    loss = wrapped.evaluate(images, labels, batch_size=8, verbose=0)
+    probabilities = model.predict(images, verbose=0)
+    np.testing.assert_allclose(loss, -np.mean(np.log(probabilities[np.arange(24), labels])), rtol=1e-5)

@@ -11,6 +11,7 @@ mixing, no smoothing), so the compiled loss sees the same label form; and
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from keras_finetune.layers.mixing import _Mixing
 
@@ -70,6 +71,20 @@ class MixingModel(keras.Model):
             )
         x, y = self.mixing(x, y, training=training)
         return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+    def _targets(self, y):
+        # Under a strategy Keras builds the compiled loss and metrics from a raw batch
+        # (averaged over replicas, so class ids may arrive as floats) before any
+        # train_step: class ids must become one-hot rows there too.
+        if y is None or (tf.as_dtype(y.dtype).is_floating and len(y.shape) != 1):
+            return y
+        return self.mixing._one_hot(tf.cast(y, "int32"))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+        return super().compute_loss(x, self._targets(y), y_pred, sample_weight, **kwargs)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, self._targets(y), y_pred, sample_weight)
 
     def train_step(self, data):
         return super().train_step(self._with_labels(data, training=True))
