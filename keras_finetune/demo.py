@@ -32,6 +32,7 @@ __all__ = [
     "pretrain_base",
     "train_classifier",
     "copy_base",
+    "augmented_pipeline",
     "unfreezing_schedule",
     "distil_student",
     "run_demo",
@@ -63,6 +64,7 @@ AUGMENTATION = {
 }
 MIXING = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 0.5}
 LABEL_SMOOTHING = 0.1
+BATCH_SIZE = 16
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -119,16 +121,16 @@ def train_classifier(
         loss = keras.losses.CategoricalCrossentropy()
         # One endless iterator: a fresh one per epoch costs more than the epoch here.
         data = (augmented_pipeline(images, labels, seed).repeat(),)
-        fit_args = {"steps_per_epoch": -(-len(images) // 16)}
+        fit_args = {"steps_per_epoch": -(-len(images) // BATCH_SIZE)}
     else:
         loss = SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
-        data, fit_args = (images, labels), {"batch_size": 16}
+        data, fit_args = (images, labels), {"batch_size": BATCH_SIZE}
     model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     model.fit(*data, epochs=epochs, verbose=0, callbacks=callbacks, **fit_args)
     return model
 
 
-def augmented_pipeline(images, labels, seed: int, batch_size: int = 16) -> tf.data.Dataset:
+def augmented_pipeline(images, labels, seed: int, batch_size: int = BATCH_SIZE) -> tf.data.Dataset:
     """Shuffled batches, augmented, then mixed by MixUp or CutMix, labels one-hot and smoothed."""
     augment = image_augmentation(seed=seed, **AUGMENTATION)
     mixing = MixUpOrCutMix(num_classes=len(TARGET_CLASSES), label_smoothing=LABEL_SMOOTHING, seed=seed, **MIXING)
@@ -159,7 +161,7 @@ def distil_student(base, teacher, images, labels, seed: int, epochs: int = 100) 
         student_loss_fn=SparseCategoricalCrossentropy(label_smoothing=0.1),
         **DISTILLATION,
     )
-    distiller.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    distiller.fit(images, labels, epochs=epochs, batch_size=BATCH_SIZE, verbose=0)
     return student
 
 
