@@ -120,8 +120,9 @@ def train_classifier(
     if augment:
         loss = keras.losses.CategoricalCrossentropy()
         # One endless iterator: a fresh one per epoch costs more than the epoch here.
+        # The pipeline shuffles; shuffle=False keeps Keras from warning that it cannot.
         data = (augmented_pipeline(images, labels, seed).repeat(),)
-        fit_args = {"steps_per_epoch": -(-len(images) // BATCH_SIZE)}
+        fit_args = {"steps_per_epoch": -(-len(images) // BATCH_SIZE), "shuffle": False}
     else:
         loss = SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
         data, fit_args = (images, labels), {"batch_size": BATCH_SIZE}
