@@ -25,14 +25,20 @@ __all__ = ["smooth_labels", "CategoricalCrossentropy", "SparseCategoricalCrossen
 _MODES = ("uniform", "others")
 
 
+def _check_fraction(value, argument: str) -> float:
+    """`value` as a float, or a TypeError/ValueError naming `argument` unless it is in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{argument}` must be a float. Received: {argument}={value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{argument}` must be in [0, 1]. Received: {argument}={value!r}")
+    return float(value)
+
+
 def _check_smoothing(epsilon, mode, argument: str) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise TypeError(f"`{argument}` must be a float. Received: {argument}={epsilon!r}")
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"`{argument}` must be in [0, 1]. Received: {argument}={epsilon!r}")
+    epsilon = _check_fraction(epsilon, argument)
     if mode not in _MODES:
         raise ValueError(f'`mode` must be "uniform" or "others". Received: mode={mode!r}')
-    return float(epsilon)
+    return epsilon
 
 
 def _smooth(one_hot, epsilon: float, mode: str):

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from keras_finetune.layers._checks import check_data_format
-from keras_finetune.losses import _check_smoothing, _smooth
+from keras_finetune.losses import _check_fraction, _check_smoothing, _smooth
 
 __all__ = ["CutMix", "MixUp", "MixUpOrCutMix"]
 
@@ -42,14 +42,6 @@ def _check_alpha(alpha, argument: str) -> float:
     if not alpha > 0.0:
         raise ValueError(f"`{argument}` must be > 0. Received: {argument}={alpha!r}")
     return float(alpha)
-
-
-def _check_probability(value, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{argument}` must be a float. Received: {argument}={value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{argument}` must be in [0, 1]. Received: {argument}={value!r}")
-    return float(value)
 
 
 def _check_num_classes(num_classes):
@@ -468,8 +460,8 @@ class MixUpOrCutMix(_Mixing):
         super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
         self.mixup_alpha = _check_alpha(mixup_alpha, "mixup_alpha")
         self.cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha")
-        self.switch_prob = _check_probability(switch_prob, "switch_prob")
-        self.prob = _check_probability(prob, "prob")
+        self.switch_prob = _check_fraction(switch_prob, "switch_prob")
+        self.prob = _check_fraction(prob, "prob")
 
     def get_random_transformation(self, images):
         """Draw `mix`, `use_cutmix` (scalar bools), `lam`, `boxes` and `permutation`.
