@@ -115,13 +115,13 @@ def image_augmentation(
     saturation = _check_amount(saturation, "saturation", 1.0)
     hue = _check_amount(hue, "hue", 0.5)
 
-    seeds = iter(range(seed, seed + 9)) if seed is not None else iter([None] * 9)
+    def layer_seed(index):
+        return None if seed is None else seed + index
+
     common = {"data_format": data_format}
     parts = []
     if height is not None:
-        parts.append(RandomResizedCrop(height, width, crop_scale, crop_ratio, seed=next(seeds), **common))
-    else:
-        next(seeds)
+        parts.append(RandomResizedCrop(height, width, crop_scale, crop_ratio, seed=layer_seed(0), **common))
     candidates = [
         (flip, lambda s: keras.layers.RandomFlip(flip, seed=s, **common)),
         (rotation, lambda s: keras.layers.RandomRotation(rotation / 360.0, seed=s, **common)),
@@ -141,9 +141,8 @@ def image_augmentation(
         # Keras shifts hue by ±factor/2 of a turn.
         (hue, lambda s: keras.layers.RandomHue(2.0 * hue, value_range=value_range, seed=s, **common)),
     ]
-    for setting, make in candidates:
-        layer_seed = next(seeds)
+    for index, (setting, make) in enumerate(candidates, start=1):
         if setting is not None:
-            parts.append(make(layer_seed))
+            parts.append(make(layer_seed(index)))
     # Keras cannot call an empty Sequential.
     return keras.Sequential(parts or [keras.layers.Identity()], name=name)
