@@ -17,7 +17,7 @@ _NAMES = {
     "trainable_summary": "freezing",
     "unfreeze": "freezing",
 }
-_SUBMODULES = ("callbacks", "freezing", "heads", "layers", "losses", "models", "optimizers")
+_SUBMODULES = ("callbacks", "distribute", "freezing", "heads", "layers", "losses", "models", "optimizers")
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 
