@@ -194,6 +194,28 @@ def test_mixed_precision_averages_in_float32(regression):
     assert_weights(model, mean_of(snapshots.ends[2:]))
 
 
+def test_mixed_float16_moves_the_weights_as_far_as_float32(regression):
+    def change():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(1)])
+        # A small loss scale: Keras's default 2**15 overflows float16 here and
+        # skips the first steps, which would hide what SWA does.
+        model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05), initial_scale=8.0), "mse")
+        before = [np.array(v.numpy()) for v in model.weights]
+        fit(model, regression, [SWA(start_epoch=2, swa_lr=0.01)])
+        return [v.numpy() - b for v, b in zip(model.weights, before)]
+
+    reference = change()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = change()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for got, expected in zip(mixed, reference):
+        assert np.linalg.norm(got) / np.linalg.norm(expected) == pytest.approx(1.0, abs=0.03)
+        np.testing.assert_allclose(got, expected, atol=0.02 * np.abs(expected).max())
+
+
 def test_validation_evaluates_the_average_and_training_goes_on_undisturbed(regression):
     plain, snapshots = make_dense(), Snapshots()
     fit(plain, regression, [snapshots, SWA(start_epoch=2)])
