@@ -3,7 +3,8 @@
 Run by `run_local_workers` as a worker of a two-process cluster
 (`python multi_worker_job.py OUT_DIR`: TF_CONFIG comes from the environment),
 and imported by the test for the single-process reference (`train_all(None)`).
-Each run writes `<run>_<worker index>.npz` holding the final weights (`w0`,
+Each worker keeps its own BackupAndRestore/SWA backup folder. Each run writes
+`<run>_<worker index>.npz` holding the final weights (`w0`,
 `w1`, ...) and the epoch logs (`log_<name>`).
 """
 
@@ -65,15 +66,35 @@ def train_plain(x, y):
     return model, model.fit(dataset(x, y), epochs=EPOCHS, shuffle=False, verbose=0)
 
 
-def train_unfreezing_swa(x, y):
+def train_unfreezing_swa(x, y, backup=None, interrupt=False):
     base = base_with_batchnorm()
     model = build_classifier(base, 3, hidden_units=(), dropout=0.0)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), SparseCategoricalCrossentropy(), metrics=["accuracy"])
     callbacks = [
         ProgressiveUnfreezing(base, {0: 0, 1: "all"}, {0: 0.1, 1: 0.02}, freeze_batchnorm=False),
-        SWA(start_epoch=1, swa_lr=0.01, bn_data=x),
+        SWA(start_epoch=1, swa_lr=0.01, bn_data=x, backup_dir=backup),
     ]
+    if backup:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup))
+    if interrupt:
+        callbacks.append(Interrupt())
     return model, model.fit(dataset(x, y), epochs=EPOCHS, callbacks=callbacks, shuffle=False, verbose=0)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def train_resumed(x, y, folder):
+    """train_unfreezing_swa stopped after epoch 1, then rebuilt and resumed from its backup."""
+    backup = os.path.join(folder, f"backup_{_index()}")
+    try:
+        train_unfreezing_swa(x, y, backup, interrupt=True)
+    except RuntimeError:
+        pass
+    return train_unfreezing_swa(x, y, backup)
 
 
 def train_distiller(x, y):
@@ -86,24 +107,34 @@ def train_distiller(x, y):
     return student, distiller.fit(dataset(x, y), epochs=EPOCHS, callbacks=[CosineAnnealing(EPOCHS)], shuffle=False, verbose=0)
 
 
-RUNS = {"plain": train_plain, "unfreezing_swa": train_unfreezing_swa, "distiller": train_distiller}
+RUNS = {
+    "plain": train_plain,
+    "unfreezing_swa": train_unfreezing_swa,
+    "distiller": train_distiller,
+    "resumed": train_resumed,
+}
 
 
-def train_all(strategy):
+def _index():
+    """This worker's index; 0 without a cluster."""
+    return json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+
+
+def train_all(strategy, folder):
     """{run: (final weights, epoch logs)} with every model built under `strategy` (None: the default)."""
     x, y = data()
     results = {}
     for name, train in RUNS.items():
         with (strategy or tf.distribute.get_strategy()).scope():
-            model, history = train(x, y)
+            model, history = train(x, y, folder) if train is train_resumed else train(x, y)
         results[name] = ([w.numpy() for w in model.weights], history.history)
     return results
 
 
 def main(out_dir):
     strategy = multi_worker_strategy()
-    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    for name, (weights, logs) in train_all(strategy).items():
+    index = _index()
+    for name, (weights, logs) in train_all(strategy, out_dir).items():
         arrays = {f"w{i}": w for i, w in enumerate(weights)} | {f"log_{k}": np.array(v) for k, v in logs.items()}
         np.savez(os.path.join(out_dir, f"{name}_{index}.npz"), **arrays)
     print(f"worker {index} of {strategy.num_replicas_in_sync} done", flush=True)

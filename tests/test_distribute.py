@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import subprocess
 import sys
 
 import keras
@@ -141,7 +142,9 @@ def load_job():
 def test_two_workers_end_identical_and_equal_to_one_process(tmp_path):
     outputs = run_local_workers([sys.executable, str(JOB), str(tmp_path)], num_workers=2, timeout=300)
     assert ["worker 0 of 2 done" in outputs[0], "worker 1 of 2 done" in outputs[1]] == [True, True]
-    for run, (weights, logs) in load_job().train_all(None).items():
+    (tmp_path / "single").mkdir()
+    reference = load_job().train_all(None, str(tmp_path / "single"))
+    for run, (weights, logs) in reference.items():
         workers = [np.load(tmp_path / f"{run}_{index}.npz") for index in (0, 1)]
         for index, expected in enumerate(weights):
             np.testing.assert_array_equal(workers[0][f"w{index}"], workers[1][f"w{index}"], err_msg=run)
@@ -149,6 +152,11 @@ def test_two_workers_end_identical_and_equal_to_one_process(tmp_path):
         assert {key[4:] for key in workers[0].files if key.startswith("log_")} == set(logs)
         for name, values in logs.items():
             np.testing.assert_allclose(workers[0][f"log_{name}"], values, rtol=1e-5, err_msg=f"{run} {name}")
+    # An interrupted run, resumed from each worker's own backup, ends as the uninterrupted one.
+    resumed, uninterrupted = np.load(tmp_path / "resumed_0.npz"), np.load(tmp_path / "unfreezing_swa_0.npz")
+    for index in range(len(reference["resumed"][0])):
+        np.testing.assert_allclose(resumed[f"w{index}"], uninterrupted[f"w{index}"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(resumed["log_swa_n"], [2])  # only epoch 2 ran again
 
 
 # run_local_workers
@@ -276,3 +284,17 @@ def test_mirrored_strategy_equals_one_device(run, mirrored):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=variable.path)
         replicas = [r.numpy() for r in mirrored.experimental_local_results(variable.value)]
         np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+
+
+def test_the_example_trains_two_local_workers_to_the_same_weights(tmp_path):
+    example = JOB.parent.parent / "examples" / "multi_worker.py"
+    out = tmp_path / "model.keras"
+    result = subprocess.run(
+        [sys.executable, str(example), "--local", "2", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 workers, identical weights" in result.stdout
+    accuracies = [float(line.split("accuracy ")[1].split(",")[0]) for line in result.stdout.splitlines() if "held-out" in line]
+    assert len(accuracies) == 2 and accuracies[0] == accuracies[1] >= 0.9
+    x = np.zeros((1, 16, 16, 1), "float32")
+    assert keras.models.load_model(out).predict(x, verbose=0).shape == (1, 4)
