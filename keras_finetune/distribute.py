@@ -26,13 +26,13 @@ gives this process's index, e.g. on the second of two machines::
     TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]},
                 "task": {"type": "worker", "index": 1}}' python train.py
 
-Worker 0 is the chief: it writes logs and checkpoints that every worker must
-reach. Every worker calls `fit` with the same arguments; a dataset is sharded
-across workers automatically, and `batch_size` (or the dataset's batch) is
-the global batch. Give `keras.callbacks.BackupAndRestore` a directory shared
-by all workers so a lost worker can rejoin, and save the model from the chief
-only (other workers save to a temporary path, as TensorFlow's guide shows).
-Create the strategy before any other TensorFlow work in the process.
+Worker 0 is the chief: its files are the ones to keep. Every worker calls
+`fit` with the same arguments; a dataset is sharded across workers
+automatically, and `batch_size` (or the dataset's batch) is the global batch.
+Keras 3's `ModelCheckpoint`, `BackupAndRestore` and `SWA(backup_dir=...)` do
+not coordinate workers: give each worker its own directory (suffixed with its
+index, say), never one path that two processes write at once. Create the
+strategy before any other TensorFlow work in the process.
 """
 
 from __future__ import annotations
