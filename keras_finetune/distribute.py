@@ -182,8 +182,9 @@ def run_local_workers(command: Sequence[str], num_workers: int = 2, timeout: flo
 
     Each process gets a `TF_CONFIG` naming every worker on 127.0.0.1 (on free
     ports picked now) and its own index, so a script written for several
-    machines can be tried on one. Every process is stopped before this
-    returns or raises: when one fails the others would wait for it forever.
+    machines can be tried on one. Every process (with any process it
+    started) is stopped before this returns or raises: when one fails the
+    others would wait for it forever. POSIX systems (Linux, macOS) only.
 
     Args:
         command: list of str. The program and its arguments, e.g.
@@ -213,7 +214,10 @@ def run_local_workers(command: Sequence[str], num_workers: int = 2, timeout: flo
         raise ValueError(f"`timeout` must be positive. Received: timeout={timeout!r}")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(num_workers)]}
     with tempfile.TemporaryDirectory() as folder:
-        logs = [open(os.path.join(folder, f"worker{index}.log"), "w+") for index in range(num_workers)]
+        logs = [
+            open(os.path.join(folder, f"worker{index}.log"), "w+", encoding="utf-8", errors="replace")
+            for index in range(num_workers)
+        ]
         workers = []
         try:
             for index, log in enumerate(logs):
