@@ -158,7 +158,8 @@ def multi_worker_strategy(
         A `tf.distribute.MultiWorkerMirroredStrategy`.
 
     Raises:
-        RuntimeError: the installed Keras lacks the internals the fix replaces.
+        RuntimeError: Keras runs on another backend than TensorFlow, is not
+            Keras 3, or lacks the internals the fix replaces.
 
     Example:
 
@@ -279,7 +280,14 @@ def _stop(worker: subprocess.Popen) -> None:
 
 def _keras_internals():
     """Keras's TensorFlow trainer module and the sources of the two functions the fix replaces."""
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "multi_worker_strategy needs Keras's TensorFlow backend (KERAS_BACKEND=tensorflow). "
+            f"Received: backend={keras.backend.backend()!r}"
+        )
     try:
+        if not keras.__version__.startswith("3."):
+            raise ImportError("the fix targets the TensorFlow trainer of Keras 3")
         from keras.src.backend.tensorflow import trainer
 
         sources = (

@@ -127,6 +127,19 @@ def test_a_keras_without_the_internals_fails_loudly(monkeypatch):
         multi_worker_strategy()
 
 
+@pytest.mark.parametrize("version", ["4.0.0", "2.15.0"])
+def test_a_keras_other_than_3_fails_loudly(monkeypatch, version):
+    monkeypatch.setattr(keras, "__version__", version)
+    with pytest.raises(RuntimeError, match=rf"does not recognise Keras {version}: the fix targets .* Keras 3"):
+        multi_worker_strategy()
+
+
+def test_another_backend_is_refused(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="Received: backend='jax'"):
+        multi_worker_strategy()
+
+
 def test_a_bad_communication_is_refused():
     with pytest.raises(ValueError, match="Received: communication='grpc'"):
         multi_worker_strategy(communication="grpc")
