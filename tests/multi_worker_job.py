@@ -121,13 +121,21 @@ def _index():
 
 
 def train_all(strategy, folder):
-    """{run: (final weights, epoch logs)} with every model built under `strategy` (None: the default)."""
+    """{run: (final weights, epoch logs)} with every model built under `strategy` (None: the default).
+
+    The plain run's logs also hold what `evaluate` and `predict` return afterwards.
+    """
     x, y = data()
     results = {}
     for name, train in RUNS.items():
         with (strategy or tf.distribute.get_strategy()).scope():
             model, history = train(x, y, folder) if train is train_resumed else train(x, y)
-        results[name] = ([w.numpy() for w in model.weights], history.history)
+        logs = dict(history.history)
+        if name == "plain":
+            evaluated = model.evaluate(dataset(x, y), verbose=0, return_dict=True)
+            logs |= {f"evaluate_{key}": [value] for key, value in evaluated.items()}
+            logs["predict"] = model.predict(x, batch_size=GLOBAL_BATCH, verbose=0)
+        results[name] = ([w.numpy() for w in model.weights], logs)
     return results
 
 
