@@ -11,8 +11,8 @@ Run it as it is (synthetic data, about 20 seconds on a CPU):
 """
 
 import keras
-import numpy as np
 from keras import ops
+from synthetic import synthetic_images
 
 from keras_finetune.models import Distiller
 
@@ -69,17 +69,6 @@ def convnet(filters, name):
         ],
         name=name,
     )
-
-
-def synthetic_images(count, seed):
-    """Four classes: a bright square in one of the four quadrants, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, count).astype("int32")
-    images = rng.normal(0.0, 0.5, (count, 16, 16, 1)).astype("float32")
-    for index, label in enumerate(labels):
-        row, column = divmod(int(label), 2)
-        images[index, 8 * row + 2 : 8 * row + 6, 8 * column + 2 : 8 * column + 6] += 1.0
-    return images, labels
 
 
 def main():

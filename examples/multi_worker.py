@@ -18,7 +18,6 @@ a temporary folder, since two processes must not write one file.
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+from synthetic import synthetic_images
 
 from keras_finetune.callbacks import SWA, ProgressiveUnfreezing
 from keras_finetune.distribute import multi_worker_strategy, run_local_workers
@@ -35,20 +35,9 @@ from keras_finetune.losses import SparseCategoricalCrossentropy
 GLOBAL_BATCH = 32
 
 
-def synthetic_images(count, seed):
-    """Four classes: a bright square in one of the four quadrants, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, count).astype("int32")
-    images = rng.normal(0.0, 0.5, (count, 16, 16, 1)).astype("float32")
-    for index, label in enumerate(labels):
-        row, column = divmod(int(label), 2)
-        images[index, 8 * row + 2 : 8 * row + 6, 8 * column + 2 : 8 * column + 6] += 1.0
-    return images, labels
-
-
 def train(out, epochs):
     strategy = multi_worker_strategy()  # before any other TensorFlow work
-    index = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    index = strategy.cluster_resolver.task_id  # 0 is the chief
     x_train, y_train = synthetic_images(1024, seed=0)
     x_test, y_test = synthetic_images(256, seed=1)
     # The dataset is batched with the global batch; each worker gets its share.

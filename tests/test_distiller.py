@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import changed, make_base, snapshot
+from conftest import changed, make_base, mixed_float16, snapshot
 
 from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.models import Distiller
@@ -270,11 +270,8 @@ def test_mixed_float16_updates_have_the_right_size(data):
         return [w.numpy().astype("float32") - b for w, b in zip(student.trainable_weights, before)]
 
     reference = update()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         mixed = update()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     for got, expected in zip(mixed, reference):
         assert np.linalg.norm(expected) > 0
         ratio = np.linalg.norm(got) / np.linalg.norm(expected)
@@ -439,15 +436,16 @@ def test_cache_bad_input(dataset):
 # Subclassing and the keras.io example.
 
 
-def load_example(name):
+def load_example(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as running the script does: it imports synthetic.py
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_feature_distillation_example_adds_the_hint_term(tmp_path):
-    example = load_example("feature_distillation")
+def test_feature_distillation_example_adds_the_hint_term(tmp_path, monkeypatch):
+    example = load_example("feature_distillation", monkeypatch)
     x, y = example.synthetic_images(16, seed=0)
     teacher, student = example.convnet(8, "teacher"), example.convnet(4, "student")
     distiller = example.HintDistiller(student, teacher, "features", "features", beta=0.5)
