@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import EpochTimer  # noqa: E402
 
 from keras_finetune.callbacks import SWA, ProgressiveUnfreezing  # noqa: E402
 from keras_finetune.distribute import multi_worker_strategy, run_local_workers  # noqa: E402
@@ -62,17 +62,9 @@ def playbook(model):
 
 
 def epoch_seconds(model, dataset, callbacks, epochs):
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model.fit(dataset, epochs=epochs, verbose=0, shuffle=False, callbacks=[*callbacks, Clock()])
-    return times
+    timer = EpochTimer()
+    model.fit(dataset, epochs=epochs, verbose=0, shuffle=False, callbacks=[*callbacks, timer])
+    return timer.seconds
 
 
 def one_process(rounds, epochs):

@@ -121,10 +121,10 @@ def get_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy
 def _strategy_over(devices) -> tf.distribute.Strategy:
     if isinstance(devices, str) or not devices or not all(isinstance(device, str) for device in devices):
         raise TypeError(f"`devices` must be a non-empty list of device names such as '/gpu:0'. Received: devices={devices!r}")
-    known = {_device_key(device.name) for device in tf.config.list_logical_devices()}
+    names = [device.name for device in tf.config.list_logical_devices()]
+    known = {_device_key(name) for name in names}
     for device in devices:
         if _device_key(device) not in known:
-            names = [device.name for device in tf.config.list_logical_devices()]
             raise ValueError(f"`devices` names a device this machine does not have: {device!r}. It has {names}")
     if len(devices) == 1:
         return tf.distribute.OneDeviceStrategy(devices[0])
