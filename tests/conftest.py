@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -41,6 +42,16 @@ def images():
 @pytest.fixture
 def int_labels():
     return np.arange(32, dtype="int32") % 3
+
+
+@contextlib.contextmanager
+def mixed_float16():
+    """Keras's global dtype policy is mixed_float16 inside the block, float32 again after it."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def snapshot(layer):

@@ -3,7 +3,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import changed, snapshot
+from conftest import changed, mixed_float16, snapshot
 
 from keras_finetune.freezing import freeze, unfreeze
 from keras_finetune.heads import build_classifier
@@ -111,13 +111,10 @@ def test_unbuilt_subclassed_base_needs_input_shape():
 
 
 def test_output_stays_float32_under_mixed_precision(base):
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         model = build_classifier(base, 3)
         assert model.get_layer("head_dense_0").compute_dtype == "float16"
         assert model.get_layer("head_output").compute_dtype == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_saved_classifier_reloads_with_same_predictions(base, images, tmp_path):

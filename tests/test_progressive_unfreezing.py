@@ -3,7 +3,7 @@ import contextlib
 import keras
 import numpy as np
 import pytest
-from conftest import make_base, snapshot
+from conftest import make_base, mixed_float16, snapshot
 
 from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
@@ -276,11 +276,8 @@ def test_refuses_to_set_rates_on_a_learning_rate_schedule(images, int_labels):
 
 
 def test_mixed_precision_loss_scale_optimizer_with_a_cosine_schedule(images, int_labels):
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         base, model = make_model()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     initial = snapshot(base)
     callbacks = [ProgressiveUnfreezing(base, {0: 0, 2: "all"}, {0: 1e-2, 2: 1e-3}), CosineAnnealing(t_max=4)]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_base
+from conftest import make_base, mixed_float16
 
 from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
@@ -180,13 +180,10 @@ def test_swa_lr_with_a_multi_optimizer_keeps_the_ratios(images, int_labels):
 
 
 def test_mixed_precision_averages_in_float32(regression):
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         model = make_dense()
         snapshots = Snapshots()
         history = fit(model, regression, [snapshots, SWA(start_epoch=2, swa_lr=0.01)])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert float(model.optimizer.inner_optimizer.learning_rate.numpy()) == pytest.approx(0.01)
     assert all(v.dtype == "float32" for v in model.weights)
@@ -206,11 +203,8 @@ def test_mixed_float16_moves_the_weights_as_far_as_float32(regression):
         return [v.numpy() - b for v, b in zip(model.weights, before)]
 
     reference = change()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         mixed = change()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     for got, expected in zip(mixed, reference):
         assert np.linalg.norm(got) / np.linalg.norm(expected) == pytest.approx(1.0, abs=0.03)
         np.testing.assert_allclose(got, expected, atol=0.02 * np.abs(expected).max())
