@@ -11,13 +11,14 @@ __version__ = "0.1.0"
 _NAMES = {
     "build_classifier": "heads",
     "discriminative_optimizer": "optimizers",
+    "fine_tune": "recipe",
     "freeze": "freezing",
     "lr_find": "callbacks",
     "smooth_labels": "losses",
     "trainable_summary": "freezing",
     "unfreeze": "freezing",
 }
-_SUBMODULES = ("callbacks", "distribute", "freezing", "heads", "layers", "losses", "models", "optimizers")
+_SUBMODULES = ("callbacks", "distribute", "freezing", "heads", "layers", "losses", "models", "optimizers", "recipe", "report")
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 

@@ -87,9 +87,10 @@ def test_optimizer_state_survives_the_phase_changes(images, int_labels):
         np.testing.assert_array_equal(recorder.begins[epoch]["moment"], recorder.ends[epoch - 1]["moment"])
 
 
-def test_logs_carry_learning_rate_and_trainable_params_per_epoch(images, int_labels):
+def test_logs_carry_phase_learning_rate_and_trainable_params_per_epoch(images, int_labels):
     base, model = make_model()
     history = fit(model, [ProgressiveUnfreezing(base, SCHEDULE, RATES)], images, int_labels)
+    assert history.history["phase"] == [0, 0, 1, 1, 2, 2]
     np.testing.assert_allclose(history.history["learning_rate"], [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
     head = 6 * 3 + 3
     conv0, conv1, conv2 = 1 * 9 * 4 + 4, 4 * 9 * 4 + 4, 4 * 9 * 6 + 6

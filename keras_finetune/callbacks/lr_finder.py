@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
+from keras_finetune.report import pyplot
 
 __all__ = ["LRFinder", "lr_find"]
 
@@ -134,15 +135,7 @@ class LRFinder(keras.callbacks.Callback):
     def plot(self, path: str) -> str:
         """Save the loss against the rate (log scale) as a PNG; needs matplotlib."""
         self._check_swept()
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError(
-                'LRFinder.plot needs matplotlib: pip install "keras-finetune[plot]".'
-            ) from None
+        plt = pyplot("LRFinder.plot")
         rates, suggestion = self.learning_rates[: len(self.losses)], self.suggestion
         figure, axes = plt.subplots(figsize=(6, 4))
         axes.plot(rates, self.losses, alpha=0.3, label="loss")

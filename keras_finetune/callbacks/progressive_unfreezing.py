@@ -105,7 +105,8 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     here are those of its default (head) optimizer; the other sub-optimizers
     keep their ratio to it.
 
-    Epoch logs gain `trainable_params` and `learning_rate`, so `History`,
+    Epoch logs gain `phase` (the index of the epoch's phase in `schedule`),
+    `trainable_params` and `learning_rate`, so `History`,
     `CSVLogger` and TensorBoard show the phases.
 
     Args:
@@ -321,6 +322,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             _optimizer.set_learning_rate(self.model.optimizer, self._warmup["target"])
             self._warmup["target"] = None
         if logs is not None:
+            logs["phase"] = self.phase_index(epoch)
             logs["trainable_params"] = _size(self.model.trainable_variables)
             logs["learning_rate"] = _optimizer.current_learning_rate(self.model.optimizer)
 

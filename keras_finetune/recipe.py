@@ -1,0 +1,319 @@
+"""`fine_tune`: the whole playbook in one call, built from the package's public parts."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing
+from keras_finetune.callbacks._checks import check_count, check_epoch, epoch_of, is_int
+from keras_finetune.distribute import get_strategy
+from keras_finetune.heads import build_classifier
+from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.losses import CategoricalCrossentropy
+
+__all__ = ["fine_tune"]
+
+
+def _check_rate(value, argument: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+        raise ValueError(f"`{argument}` must be a number > 0. Received: {argument}={value!r}")
+    return float(value)
+
+
+def _nested_base(model: keras.Model) -> keras.Model:
+    """The one model nested in `model.layers`: the base of a `build_classifier` model."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(
+            "Pass `base_model`: `model` must hold exactly one nested model to find the base "
+            f"by itself. Received: a model with {len(nested)} nested models "
+            f"{[layer.name for layer in nested]}"
+        )
+    return nested[0]
+
+
+def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor: float) -> tuple[dict, dict]:
+    """ProgressiveUnfreezing's schedule and rates: each phase after the first at `factor` times the last."""
+    if isinstance(unfreeze, dict):
+        schedule = dict(unfreeze)
+    else:
+        check_epoch(frozen_epochs, "frozen_epochs")
+        start = epoch_of(frozen_epochs, epochs)
+        if unfreeze is None or unfreeze == 0:
+            schedule = {0: 0}
+        elif start == 0:
+            schedule = {0: unfreeze}
+        else:
+            schedule = {0: 0, start: unfreeze}
+    starts = sorted(schedule)
+    if starts and starts[-1] >= epochs:
+        raise ValueError(
+            f"Every phase must start before the last epoch ({epochs - 1}, counted from 0). "
+            f"Received: a phase starting at epoch {starts[-1]} (frozen_epochs={frozen_epochs!r}, "
+            f"unfreeze={unfreeze!r})"
+        )
+    rates = {start: learning_rate * factor**index for index, start in enumerate(starts)}
+    return schedule, rates
+
+
+def _as_batches(data, batch_size: int, shuffle: bool, seed) -> tf.data.Dataset:
+    """A batched dataset of (images, labels) from a dataset or an (images, labels) tuple."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        dataset = tf.data.Dataset.from_tensor_slices(data)
+        if shuffle:
+            dataset = dataset.shuffle(len(data[0]), seed=seed)
+        return dataset.batch(batch_size)
+    raise TypeError(
+        "Data must be a tf.data.Dataset of (images, labels) batches or a tuple (images, labels). "
+        f"Received: {type(data).__name__}"
+    )
+
+
+def _one_hot(dataset: tf.data.Dataset, num_classes: int, argument: str) -> tf.data.Dataset:
+    """Integer class ids become float32 one-hot rows; one-hot labels pass through."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(f"`{argument}` must yield (images, labels) pairs. Received: elements {spec}")
+    labels = spec[1]
+    if labels.dtype.is_floating and labels.shape[-1] == num_classes:
+        return dataset.map(lambda x, y: (x, tf.cast(y, "float32")))
+    if labels.dtype.is_integer:
+        return dataset.map(lambda x, y: (x, tf.one_hot(tf.reshape(y, [-1]), num_classes)))
+    raise ValueError(
+        f"`{argument}` labels must be integer class ids or one-hot rows of {num_classes} "
+        f"classes. Received: labels {labels}"
+    )
+
+
+def _part(value, argument: str, build):
+    """An augmentation/mixing argument as a callable: True the preset, a dict its options, a layer itself."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return build({})
+    if isinstance(value, dict):
+        return build(value)
+    if callable(value):
+        return value
+    raise TypeError(
+        f"`{argument}` must be True, False, None, a dict of options or a layer. "
+        f"Received: {argument}={value!r}"
+    )
+
+
+def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[keras.Model, keras.Model]:
+    """`model` when its variables belong to `strategy`; else a copy made in its scope, weights included."""
+    extended = strategy.extended
+    if all(extended.variable_created_in_scope(v.value) for v in model.variables):
+        return model, base_model
+    with strategy.scope():
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy, copy.get_layer(base_model.name)
+
+
+def fine_tune(
+    model: keras.Model,
+    train_data,
+    validation_data=None,
+    *,
+    num_classes: int | None = None,
+    base_model: keras.Model | None = None,
+    head: dict | None = None,
+    epochs: int = 20,
+    frozen_epochs: int | float = 0.25,
+    unfreeze="all",
+    learning_rate: float = 1e-3,
+    unfreeze_lr_factor: float = 0.1,
+    optimizer: str | keras.optimizers.Optimizer = "adam",
+    schedule="cosine",
+    warmup_epochs: int = 1,
+    augmentation=True,
+    mixing=True,
+    label_smoothing: float = 0.1,
+    swa: int | float | None = 0.75,
+    swa_lr: float | None = None,
+    freeze_batchnorm: bool = True,
+    batch_size: int = 32,
+    from_logits: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: list | None = None,
+    seed: int | None = None,
+    verbose="auto",
+) -> keras.callbacks.History:
+    """Fine-tune a pretrained network with the whole playbook, in one `fit`.
+
+    The parts, each one of this package's public pieces and each switchable:
+
+    1. A dropout head (`build_classifier`) when `num_classes` is given and
+       `model` is a base; otherwise `model` is the classifier and its base is
+       `base_model` (or the one model nested in it).
+    2. `ProgressiveUnfreezing`: the base frozen (head only) for
+       `frozen_epochs`, then `unfreeze` (`"all"`, the top N layers, a layer
+       name) at `learning_rate * unfreeze_lr_factor`; a dict `unfreeze` is the
+       whole schedule (epoch -> phase), each phase `unfreeze_lr_factor` times
+       the rate of the one before. BatchNorm layers stay frozen
+       (`freeze_batchnorm`). The optimizer keeps its state across phases.
+    3. `CosineAnnealing` over all `epochs` with `warmup_epochs` of linear
+       warm-up, on top of each phase's rate (`schedule=None` turns it off; a
+       Keras callback, e.g. `StepLR` or `ReduceLROnPlateau`, replaces it).
+    4. The training pipeline: shuffled batches, `image_augmentation` (True:
+       the preset; a dict: its options; a layer: that layer), then
+       `MixUpOrCutMix` (True, a dict of options, or a layer). The preset
+       leaves out saturation and hue for images without 3 channels. Labels become
+       one-hot rows first, in training and validation data alike.
+    5. Label smoothing `label_smoothing` in the loss (Keras's uniform
+       convention; smoothing commutes with mixing, so the mixed labels are
+       smoothed as timm does).
+    6. `SWA` from epoch `swa` (int, or a fraction of `epochs`) to the end, at
+       `swa_lr` if given, with the BatchNorm statistics of trainable
+       BatchNorm layers recomputed over the un-augmented training batches.
+    7. Compiled and fit under `strategy` (default `get_strategy()`): when
+       `model` was built outside its scope, a copy is made inside it.
+
+    Args:
+        model: keras.Model. A classifier, or a base when `num_classes` is set.
+        train_data: a `tf.data.Dataset` of `(images, labels)` batches, or a
+            tuple `(images, labels)` of arrays (shuffled and batched by
+            `batch_size`). Labels: integer class ids or one-hot rows.
+        validation_data: the same forms, evaluated after each epoch.
+            Defaults to `None`.
+        num_classes: int >= 2. Build a dropout head with this many classes on
+            `model`. Defaults to `None` (`model` is the classifier).
+        base_model: keras.Model. The base inside `model` to freeze and
+            unfreeze. Defaults to `None` (the one model nested in `model`).
+        head: dict. Options of `build_classifier` (`hidden_units`, `dropout`,
+            `pooling`). Defaults to `None` (its defaults).
+        epochs: int. Epochs of the one `fit`. Defaults to 20.
+        frozen_epochs: int or float. Epochs (or a fraction of `epochs`) with
+            the base frozen; 0 unfreezes from the start. Defaults to 0.25.
+        unfreeze: `"all"`, an int N, a layer name, `None` (the base stays
+            frozen: a probe), or a dict schedule. Defaults to `"all"`.
+        learning_rate: float. The rate of the first phase. Defaults to 1e-3.
+        unfreeze_lr_factor: float. Each later phase's rate over the phase
+            before. Defaults to 0.1.
+        optimizer: str or keras.optimizers.Optimizer. A name (built with
+            `learning_rate`) or an optimizer made in `strategy`'s scope.
+            Defaults to `"adam"`.
+        schedule: `"cosine"`, `None` or a Keras callback that sets the rate.
+            Defaults to `"cosine"`.
+        warmup_epochs: int. Linear warm-up epochs of the cosine schedule.
+            Defaults to 1.
+        augmentation: True, False/None, a dict of `image_augmentation`
+            options, or a layer applied to image batches. Defaults to True.
+        mixing: True, False/None, a dict of `MixUpOrCutMix` options, or a
+            layer called as `layer(images, labels)`. Defaults to True.
+        label_smoothing: float in [0, 1]. Defaults to 0.1.
+        swa: int, float or None. First averaged epoch, or a fraction of
+            `epochs`; `None` turns SWA off. Defaults to 0.75.
+        swa_lr: float. The rate held while averaging. Defaults to `None`
+            (the schedule's).
+        freeze_batchnorm: bool. Keep the base's BatchNorm layers frozen.
+            Defaults to True.
+        batch_size: int. Batch size for array data. Defaults to 32.
+        from_logits: bool. Whether the classifier outputs logits. Defaults
+            to False.
+        strategy: a `tf.distribute.Strategy`. Defaults to `get_strategy()`.
+        callbacks: list. More callbacks, run after the recipe's own (so a
+            `CSVLogger` sees the logs they add). Defaults to `None`.
+        seed: int. Seed of the shuffle, augmentation and mixing draws; with
+            a seed the random maps run one batch at a time, so a run repeats
+            exactly. Defaults to `None` (parallel maps).
+        verbose: as in `fit`. Defaults to `"auto"`.
+
+    Returns:
+        `fit`'s `History`. `history.history` has, per epoch, `phase` (index
+        of the unfreezing phase), `learning_rate`, `trainable_params`, and
+        with SWA `swa_n`, next to the losses and `accuracy`. `history.model`
+        is the trained model (with SWA, holding the average).
+
+    Example:
+
+    ```python
+    base = keras.applications.MobileNetV3Small(
+        input_shape=(224, 224, 3), include_top=False, weights="imagenet"
+    )
+    history = fine_tune(base, train_ds, val_ds, num_classes=5, epochs=12)
+    history.model.save("fine_tuned.keras")
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    epochs = check_count(epochs, "epochs", 1)
+    batch_size = check_count(batch_size, "batch_size", 1)
+    warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
+    learning_rate = _check_rate(learning_rate, "learning_rate")
+    unfreeze_lr_factor = _check_rate(unfreeze_lr_factor, "unfreeze_lr_factor")
+    if swa is not None:
+        check_epoch(swa, "swa")
+    if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
+        raise ValueError(
+            f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
+        )
+    strategy = strategy or get_strategy()
+
+    if num_classes is not None:
+        if not is_int(num_classes) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
+        base_model = model
+        model = build_classifier(model, int(num_classes), **(head or {}))
+    elif base_model is None:
+        base_model = _nested_base(model)
+    classes = model.output_shape[-1]
+    if not is_int(classes) or classes < 2:
+        raise ValueError(
+            f"`model` must output one score per class (at least 2). Received: output shape {model.output_shape}"
+        )
+    model, base_model = _in_scope(model, base_model, strategy)
+
+    unfreezing = ProgressiveUnfreezing(
+        base_model,
+        *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
+        freeze_batchnorm=freeze_batchnorm,
+    )
+    train = _one_hot(_as_batches(train_data, batch_size, True, seed), classes, "train_data")
+    bn_data = train
+    preset = {"seed": seed}
+    if model.input_shape[-1] != 3:  # saturation and hue need RGB
+        preset.update(saturation=None, hue=None)
+    augment = _part(augmentation, "augmentation", lambda options: image_augmentation(**{**preset, **options}))
+    # Parallel calls would draw the random parameters in no fixed order.
+    parallel = None if seed is not None else tf.data.AUTOTUNE
+    if augment is not None:
+        train = train.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=parallel)
+    mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, **options}))
+    if mix is not None:
+        train = train.map(mix, num_parallel_calls=parallel)
+    if validation_data is not None:
+        validation_data = _one_hot(
+            _as_batches(validation_data, batch_size, False, seed), classes, "validation_data"
+        ).prefetch(tf.data.AUTOTUNE)
+
+    recipe = [unfreezing]
+    if schedule == "cosine":
+        recipe.append(CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs))
+    elif schedule is not None:
+        recipe.append(schedule)
+    if swa is not None:
+        recipe.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data))
+
+    with strategy.scope():
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+        model.compile(
+            optimizer,
+            CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    return model.fit(
+        train.prefetch(tf.data.AUTOTUNE),
+        validation_data=validation_data,
+        epochs=epochs,
+        shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
+        callbacks=recipe + list(callbacks or []),
+        verbose=verbose,
+    )

@@ -1,0 +1,210 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import changed, make_base, snapshot
+
+from keras_finetune import fine_tune
+from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
+from keras_finetune.freezing import batchnorm_layers
+from keras_finetune.heads import build_classifier
+from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.losses import CategoricalCrossentropy
+
+NO_PARTS = {"augmentation": False, "mixing": False, "swa": None, "schedule": None}
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(1)
+    images = rng.normal(0.0, 1.0, (48, 8, 8, 1)).astype("float32")
+    labels = (images[:, :4].mean(axis=(1, 2, 3)) > images[:, 4:].mean(axis=(1, 2, 3))).astype("int32")
+    labels += 2 * (images[:, :, :4].mean(axis=(1, 2, 3)) > 0)
+    return images, labels
+
+
+def base_weights(seed=0):
+    keras.utils.set_random_seed(seed)
+    return make_base()
+
+
+class WeightsAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([np.array(v.numpy()) for v in self.model.weights])
+
+
+def test_phases_learning_rates_and_trainable_counts_per_epoch(data):
+    base = base_weights()
+    history = fine_tune(
+        base, data, num_classes=4, epochs=8, frozen_epochs=0.25, learning_rate=2e-3,
+        warmup_epochs=1, swa=0.75, augmentation=False, mixing=False, batch_size=16, seed=0, verbose=0,
+    )
+    logs = history.history
+    assert logs["phase"] == [0, 0, 1, 1, 1, 1, 1, 1]
+    # phase rate times the cosine over 8 epochs with one warm-up epoch; phase 1 at a tenth
+    cosine = [0.5] + [(1 + math.cos(math.pi * e / 8)) / 2 for e in range(7)]
+    expected = [2e-3 * cosine[e] * (1 if e < 2 else 0.1) for e in range(8)]
+    np.testing.assert_allclose(logs["learning_rate"], expected, rtol=1e-6)
+    model = history.model
+    head = sum(v.numpy().size for layer in model.layers if layer is not base for v in layer.trainable_weights)
+    convs = sum(v.numpy().size for v in base.weights if "conv" in v.path)
+    assert logs["trainable_params"] == [head] * 2 + [head + convs] * 6
+    assert logs["swa_n"] == [0] * 6 + [1, 2]
+
+
+def test_the_frozen_phase_leaves_the_base_and_the_unfrozen_one_trains_it_without_batchnorm(data):
+    frozen_only = base_weights()
+    before = snapshot(frozen_only)
+    model = build_classifier(frozen_only, 4)
+    head = model.get_layer("head_output")
+    head_before = snapshot(head)
+    history = fine_tune(model, data, epochs=2, unfreeze=None, **NO_PARTS, seed=0, verbose=0)
+    assert changed(before, frozen_only) == set()
+    assert changed(head_before, head) == {"head_output/kernel", "head_output/bias"}
+    assert history.history["phase"] == [0, 0]
+
+    unfrozen = base_weights()
+    history = fine_tune(unfrozen, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, seed=0, verbose=0)
+    assert changed(before, unfrozen) == {f"conv{i}/{w}" for i in range(3) for w in ("kernel", "bias")}
+    assert all(not layer.trainable for layer in batchnorm_layers(unfrozen))
+
+
+def test_the_result_equals_the_same_parts_assembled_by_hand(data):
+    """Every part on: the recipe is the public parts, nothing hidden."""
+    images, labels = data
+    options = {"flip": None, "hue": None, "saturation": None, "value_range": (-3, 3)}
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=6, frozen_epochs=2, unfreeze=4,
+        learning_rate=3e-3, unfreeze_lr_factor=0.2, warmup_epochs=1, augmentation=options,
+        mixing={"switch_prob": 0.5}, label_smoothing=0.2, swa=4, swa_lr=5e-4, batch_size=16,
+        seed=3, verbose=0, strategy=tf.distribute.get_strategy(),
+    )
+
+    base = base_weights()
+    model = build_classifier(base, 4)
+    augment = image_augmentation(seed=3, **options)
+    mixing = MixUpOrCutMix(switch_prob=0.5, seed=3)
+    batches = tf.data.Dataset.from_tensor_slices(data).shuffle(48, seed=3).batch(16)
+    batches = batches.map(lambda x, y: (x, tf.one_hot(y, 4)))
+    train = batches.map(lambda x, y: (augment(x, training=True), y)).map(mixing)
+    model.compile(keras.optimizers.Adam(3e-3), CategoricalCrossentropy(label_smoothing=0.2), metrics=["accuracy"])
+    model.fit(train, epochs=6, verbose=0, shuffle=False, callbacks=[
+        ProgressiveUnfreezing(base, {0: 0, 2: 4}, {0: 3e-3, 2: 3e-3 * 0.2}),
+        CosineAnnealing(t_max=6, warmup_epochs=1),
+        SWA(4, swa_lr=5e-4, bn_data=batches),
+    ])
+    for mine, theirs in zip(history.model.weights, model.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+    assert not np.allclose(history.model.get_layer("head_output").kernel.numpy(), build_classifier(base_weights(), 4).get_layer("head_output").kernel.numpy())
+
+
+def test_swa_leaves_the_average_of_the_last_epochs_weights(data):
+    recorder = WeightsAtEpochEnd()
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=5, frozen_epochs=0, augmentation=False,
+        mixing=False, swa=2, batch_size=16, seed=0, verbose=0, callbacks=[recorder],
+    )
+    for index, variable in enumerate(history.model.weights):
+        expected = np.mean([weights[index] for weights in recorder.weights[2:]], axis=0)
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+
+
+def test_validation_labels_become_one_hot_and_accuracy_is_the_models(data):
+    images, labels = data
+    history = fine_tune(
+        base_weights(), data, (images[:20], labels[:20]), num_classes=4, epochs=2,
+        frozen_epochs=0, **NO_PARTS, seed=0, verbose=0,
+    )
+    predicted = np.argmax(history.model.predict(images[:20], verbose=0), axis=-1)
+    assert history.history["val_accuracy"][-1] == pytest.approx(np.mean(predicted == labels[:20]))
+
+
+def test_a_classifier_is_taken_as_it_is_and_its_base_found(data):
+    base = base_weights()
+    model = build_classifier(base, 4, hidden_units=(), dropout=0.0)
+    before = snapshot(base)
+    history = fine_tune(model, data, epochs=2, unfreeze=None, **NO_PARTS, seed=0, verbose=0)
+    assert history.model is model
+    assert changed(before, base) == set()
+    assert history.history["trainable_params"] == [model.get_layer("head_output").count_params()] * 2
+
+
+def test_another_schedule_callback_replaces_the_cosine(data):
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=4, frozen_epochs=0, learning_rate=1e-2,
+        schedule=StepLR(step_size=2, gamma=0.5), augmentation=False, mixing=False, swa=None,
+        seed=0, verbose=0,
+    )
+    np.testing.assert_allclose(history.history["learning_rate"], [1e-2, 1e-2, 5e-3, 5e-3], rtol=1e-6)
+
+
+def test_a_dict_schedule_lowers_the_rate_at_each_phase(data):
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=4, unfreeze={0: 0, 1: 2, 3: "all"},
+        learning_rate=1e-2, unfreeze_lr_factor=0.5, **NO_PARTS, seed=0, verbose=0,
+    )
+    assert history.history["phase"] == [0, 1, 1, 2]
+    np.testing.assert_allclose(history.history["learning_rate"], [1e-2, 5e-3, 5e-3, 2.5e-3], rtol=1e-6)
+
+
+def test_a_model_built_outside_the_strategy_is_copied_into_its_scope(data, mirrored):
+    results = []
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), mirrored):
+        base = base_weights()
+        before = snapshot(base)
+        history = fine_tune(
+            base, data, num_classes=4, epochs=3, frozen_epochs=1, mixing=True, augmentation=False,
+            swa=1, batch_size=16, seed=0, verbose=0, strategy=strategy, head={"dropout": 0.0},
+            # (each replica draws its own dropout mask for its half of the batch)
+        )
+        assert changed(before, base) == set()  # the copy trains, not the caller's base
+        assert history.model.get_layer("base") is not base
+        results.append(history)
+    for one, two in zip(*(h.model.weights for h in results)):
+        np.testing.assert_allclose(one.numpy(), two.numpy(), rtol=1e-4, atol=1e-5, err_msg=one.path)
+    np.testing.assert_allclose(results[0].history["loss"], results[1].history["loss"], rtol=1e-5)
+
+
+def test_smoothing_in_the_loss_equals_smoothing_before_mixing():
+    labels = np.array([0, 2, 1, 3, 3, 0], "int32")
+    images = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
+    smoothed_first = MixUpOrCutMix(num_classes=4, label_smoothing=0.2, seed=5)(images, labels)[1]
+    mixed = MixUpOrCutMix(num_classes=4, seed=5)(images, labels)[1]
+    np.testing.assert_allclose(smoothed_first, 0.8 * np.asarray(mixed) + 0.2 / 4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"epochs": 0}, ValueError, "epochs=0"),
+    ({"num_classes": 1}, ValueError, "num_classes=1"),
+    ({"learning_rate": -1.0}, ValueError, "learning_rate=-1.0"),
+    ({"frozen_epochs": 1.5}, ValueError, "frozen_epochs=1.5"),
+    ({"frozen_epochs": 4, "epochs": 4}, ValueError, "phase starting at epoch 4"),
+    ({"swa": -1}, ValueError, "swa=-1"),
+    ({"schedule": "linear"}, ValueError, "schedule='linear'"),
+    ({"augmentation": "strong"}, TypeError, "augmentation='strong'"),
+    ({"mixing": 0.5}, TypeError, "mixing=0.5"),
+])
+def test_bad_arguments_are_refused(data, arguments, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
+        fine_tune(base_weights(), data, **{"num_classes": 4, "verbose": 0, **arguments})
+
+
+def test_bad_models_and_data_are_refused(data):
+    with pytest.raises(TypeError, match="model="):
+        fine_tune("resnet", data, num_classes=4)
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.Concatenate()([make_base("b1")(inputs), make_base("b2")(inputs)])
+    two_bases = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(features)))
+    with pytest.raises(ValueError, match=r"2 nested models \['b1', 'b2'\]"):
+        fine_tune(two_bases, data, verbose=0)
+    with pytest.raises(TypeError, match="Received: ndarray"):
+        fine_tune(base_weights(), data[0], num_classes=4, verbose=0)
+    images, labels = data
+    with pytest.raises(ValueError, match="train_data` labels must be"):
+        fine_tune(base_weights(), (images, labels.astype("float32")), num_classes=4, verbose=0)
