@@ -28,24 +28,11 @@ import numpy as np  # noqa: E402
 
 from keras_finetune import demo  # noqa: E402
 from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing  # noqa: E402
-from keras_finetune.freezing import freeze, unfreeze  # noqa: E402
+from keras_finetune.freezing import unfreeze  # noqa: E402
 from keras_finetune.heads import build_classifier  # noqa: E402
 from keras_finetune.losses import SparseCategoricalCrossentropy  # noqa: E402
 
 EPOCHS = 100
-
-
-def two_fits(base, images, labels, seed, rate, keep_batchnorm_frozen):
-    half = EPOCHS // 2
-    freeze(base)
-    model = demo.train_classifier(base, images, labels, seed, half)
-    if keep_batchnorm_frozen:
-        unfreeze(base)
-    else:
-        base.trainable = True
-    model.compile(keras.optimizers.Adam(rate), SparseCategoricalCrossentropy(label_smoothing=0.1))
-    model.fit(images, labels, epochs=EPOCHS - half, batch_size=16, verbose=0)
-    return model
 
 
 def one_fit(base, images, labels, seed):
@@ -61,8 +48,8 @@ def quality(seeds: int) -> None:
     target_images, target_labels = images[~source], labels[~source] - min(demo.TARGET_CLASSES)
     rate = demo.unfreezing_schedule(EPOCHS)[1][EPOCHS // 2]
     recipes = {
-        "two fits, as copied (BatchNorm trains, Adam 1e-5)": lambda b, x, y, s: two_fits(b, x, y, s, 1e-5, False),
-        f"two fits, fair (BatchNorm frozen, Adam {rate:g})": lambda b, x, y, s: two_fits(b, x, y, s, rate, True),
+        "two fits, as copied (BatchNorm trains, Adam 1e-5)": lambda b, x, y, s: demo.two_fits(b, x, y, s, EPOCHS, 1e-5),
+        f"two fits, fair (BatchNorm frozen, Adam {rate:g})": lambda b, x, y, s: demo.two_fits(b, x, y, s, EPOCHS, rate, keep_batchnorm_frozen=True),
         f"one fit, ProgressiveUnfreezing (Adam {rate:g} after)": one_fit,
     }
     results = {name: [] for name in recipes}

@@ -4,35 +4,38 @@ scikit-learn ships the 8x8 handwritten digits (1,797 images), so the demo
 downloads nothing. A small convolutional base (BatchNorm momentum 0.9) is
 pre-trained on digits 0-4 and plays the part of the "pretrained network".
 The target task is digits 5-9 from a few labelled images per class; accuracy
-is measured on every other target image. Each recipe is compared with the same
-network trained from scratch with the same head, loss and epochs; the
-fine-tuned model, with weights averaged by SWA over its last epochs, is then
-distilled into a 5x smaller network, shown next to that network trained from
-scratch.
+is measured on every other target image. The recipes: the same network
+trained from scratch, a linear probe on the frozen base, the widely copied
+two-fit recipe (frozen, then `trainable = True` and a recompile), and
+`fine_tune` with every part on; the `fine_tune` model is then distilled into
+a 5x smaller network, shown next to that network trained from scratch. All
+get the same epochs.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_finetune.callbacks import SWA, ProgressiveUnfreezing
-from keras_finetune.freezing import freeze, trainable_summary
+from keras_finetune.freezing import freeze, unfreeze
 from keras_finetune.heads import build_classifier
-from keras_finetune.layers import MixUpOrCutMix, image_augmentation
 from keras_finetune.losses import SparseCategoricalCrossentropy
 from keras_finetune.models import Distiller
+from keras_finetune.recipe import fine_tune
+from keras_finetune.report import plot_history
 
 __all__ = [
     "load_digits_images",
     "build_base",
     "pretrain_base",
     "train_classifier",
+    "linear_probe",
+    "two_fits",
+    "fine_tune_recipe",
     "copy_base",
-    "augmented_pipeline",
     "unfreezing_schedule",
     "distil_student",
     "run_demo",
@@ -42,12 +45,11 @@ SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 RECIPES = (
     "from scratch (same network, dropout head, label smoothing)",
-    "frozen pretrained base + dropout head + label smoothing",
-    "+ ProgressiveUnfreezing: whole base from half-way, one fit",
-    "+ SWA: weights averaged over the last quarter of the epochs",
-    "+ augmentation (1-pixel shifts) and MixUp/CutMix on half the batches",
+    "frozen pretrained base, linear probe",
+    "two fits: frozen, then trainable=True + recompile Adam(1e-5)",
+    "fine_tune: every part (unfreezing, cosine, augmentation, mixing, SWA)",
     "smaller student (5x fewer weights) from scratch, same head",
-    "smaller student distilled from the SWA model (Distiller)",
+    "smaller student distilled from the fine_tune model (Distiller)",
 )
 STUDENT_FILTERS = (8, 16)
 # Distillation settings, chosen on 3 seeds (benchmarks/RESULTS.md lists the others tried).
@@ -65,6 +67,8 @@ AUGMENTATION = {
 MIXING = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 0.5}
 LABEL_SMOOTHING = 0.1
 BATCH_SIZE = 16
+# The second phase's rate: 3e-4 after 1e-3 (benchmarks/progressive_unfreezing.py).
+UNFREEZE_LR_FACTOR = 0.3
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -107,37 +111,56 @@ def pretrain_base(images, labels, seed: int, epochs: int = 15) -> keras.Model:
 
 
 def train_classifier(
-    base, images, labels, seed: int, epochs: int = 100, callbacks=None, augment: bool = False
+    base, images, labels, seed: int, epochs: int = 100, callbacks=None, head: dict | None = None
 ) -> keras.Model:
-    """Dropout head on `base`, label smoothing 0.1, Adam 1e-3, batches of 16.
-
-    With `augment`, the batches go through `image_augmentation(**AUGMENTATION)`
-    and `MixUpOrCutMix(**MIXING)` (which smooths the labels) in a tf.data
-    pipeline; otherwise the loss smooths the integer labels.
-    """
+    """A head on `base` (the dropout head, or `build_classifier(**head)`), label smoothing 0.1, Adam 1e-3, batches of 16."""
     keras.utils.set_random_seed(seed)
-    model = build_classifier(base, len(TARGET_CLASSES), pooling="flatten")
-    if augment:
-        loss = keras.losses.CategoricalCrossentropy()
-        # One endless iterator: a fresh one per epoch costs more than the epoch here.
-        # The pipeline shuffles; shuffle=False keeps Keras from warning that it cannot.
-        data = (augmented_pipeline(images, labels, seed).repeat(),)
-        fit_args = {"steps_per_epoch": -(-len(images) // BATCH_SIZE), "shuffle": False}
-    else:
-        loss = SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
-        data, fit_args = (images, labels), {"batch_size": BATCH_SIZE}
+    model = build_classifier(base, len(TARGET_CLASSES), **(head or {"pooling": "flatten"}))
+    loss = SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
     model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-    model.fit(*data, epochs=epochs, verbose=0, callbacks=callbacks, **fit_args)
+    model.fit(images, labels, epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=callbacks)
     return model
 
 
-def augmented_pipeline(images, labels, seed: int, batch_size: int = BATCH_SIZE) -> tf.data.Dataset:
-    """Shuffled batches, augmented, then mixed by MixUp or CutMix, labels one-hot and smoothed."""
-    augment = image_augmentation(seed=seed, **AUGMENTATION)
-    mixing = MixUpOrCutMix(num_classes=len(TARGET_CLASSES), label_smoothing=LABEL_SMOOTHING, seed=seed, **MIXING)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(len(images), seed=seed).batch(batch_size)
-    return dataset.map(lambda x, y: (augment(x, training=True), y)).map(mixing)
+def linear_probe(base, images, labels, seed: int, epochs: int = 100) -> keras.Model:
+    """The frozen base under one linear softmax layer, no dropout: how good its features are as they are."""
+    return train_classifier(
+        freeze(base), images, labels, seed, epochs,
+        head={"hidden_units": (), "dropout": 0.0, "pooling": "flatten"},
+    )
+
+
+def two_fits(
+    base, images, labels, seed: int, epochs: int = 100, rate: float = 1e-5, keep_batchnorm_frozen: bool = False
+) -> keras.Model:
+    """The widely copied recipe: fit the head on the frozen base, then `base.trainable = True`,
+    recompile with Adam(`rate`) (the first optimizer's state is lost) and fit again, half the epochs each.
+
+    As copied, `trainable = True` puts the base's BatchNorm layers back in
+    training mode; `keep_batchnorm_frozen` unfreezes with `unfreeze` instead.
+    """
+    half = epochs // 2
+    model = train_classifier(freeze(base), images, labels, seed, half)
+    if keep_batchnorm_frozen:
+        unfreeze(base)
+    else:
+        base.trainable = True
+    model.compile(keras.optimizers.Adam(rate), SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
+    model.fit(images, labels, epochs=epochs - half, batch_size=BATCH_SIZE, verbose=0)
+    return model
+
+
+def fine_tune_recipe(base, images, labels, seed: int, epochs: int = 100, validation_data=None):
+    """`fine_tune` with every part on, set for 8x8 digits; returns its History (`.model` is the model)."""
+    keras.utils.set_random_seed(seed)
+    return fine_tune(
+        base, (images, labels), validation_data, num_classes=len(TARGET_CLASSES),
+        head={"pooling": "flatten"}, epochs=epochs, frozen_epochs=0.5, unfreeze="all",
+        learning_rate=1e-3, unfreeze_lr_factor=UNFREEZE_LR_FACTOR, warmup_epochs=1,
+        augmentation=AUGMENTATION, mixing=MIXING, label_smoothing=LABEL_SMOOTHING,
+        swa=SWA_SETTINGS["start_epoch"], swa_lr=SWA_SETTINGS["swa_lr"],
+        batch_size=BATCH_SIZE, seed=seed, verbose=0,
+    )
 
 
 def copy_base(base: keras.Model) -> keras.Model:
@@ -159,7 +182,7 @@ def distil_student(base, teacher, images, labels, seed: int, epochs: int = 100) 
     distiller = Distiller(student, teacher)
     distiller.compile(
         keras.optimizers.Adam(1e-3),
-        student_loss_fn=SparseCategoricalCrossentropy(label_smoothing=0.1),
+        student_loss_fn=SparseCategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING),
         **DISTILLATION,
     )
     distiller.fit(images, labels, epochs=epochs, batch_size=BATCH_SIZE, verbose=0)
@@ -184,9 +207,14 @@ def run_demo(
     seeds: int = 3,
     epochs: int = 100,
     pretrain_epochs: int = 15,
+    report: str | None = "keras-finetune-demo.png",
     print_fn=print,
 ) -> dict:
-    """Run every recipe for each seed and print a table of held-out accuracy.
+    """Run every recipe for each seed, print a table of held-out accuracy and save the report.
+
+    A progress bar counts the runs. Seed 0's `fine_tune` run also evaluates
+    the held-out images after each epoch, for the report's curves (`report`:
+    a PNG path, or `None` for no report).
 
     Returns:
         A dict from recipe name to a list of `(accuracy, seconds)`, one per seed.
@@ -195,40 +223,34 @@ def run_demo(
     source = np.isin(labels, SOURCE_CLASSES)
     target_images, target_labels = images[~source], labels[~source] - min(TARGET_CLASSES)
     results = {recipe: [] for recipe in RECIPES}
+    progress = keras.utils.Progbar(seeds * len(RECIPES), unit_name="run")
     for seed in range(seeds):
         train, test = _few_shot_split(target_labels, shots, np.random.default_rng(seed))
+        data, held_out = (target_images[train], target_labels[train]), (target_images[test], target_labels[test])
         pretrained = pretrain_base(images[source], labels[source], seed, pretrain_epochs)
-        unfrozen, averaged, augmented = (copy_base(pretrained) for _ in range(3))
-        schedule, rates = unfreezing_schedule(epochs)
-        setups = {
-            RECIPES[0]: (build_base(seed + 1000), None, False),
-            RECIPES[1]: (freeze(pretrained), None, False),
-            RECIPES[2]: (unfrozen, [ProgressiveUnfreezing(unfrozen, schedule, rates)], False),
-            RECIPES[3]: (averaged, [ProgressiveUnfreezing(averaged, schedule, rates), SWA(**SWA_SETTINGS)], False),
-            RECIPES[4]: (augmented, [ProgressiveUnfreezing(augmented, schedule, rates), SWA(**SWA_SETTINGS)], True),
+        validation = held_out if seed == 0 and report else None
+        runs = {
+            RECIPES[0]: lambda: train_classifier(build_base(seed + 1000), *data, seed, epochs),
+            RECIPES[1]: lambda: linear_probe(copy_base(pretrained), *data, seed, epochs),
+            RECIPES[2]: lambda: two_fits(copy_base(pretrained), *data, seed, epochs),
+            RECIPES[3]: lambda: fine_tune_recipe(copy_base(pretrained), *data, seed, epochs, validation),
+            RECIPES[4]: lambda: train_classifier(build_base(seed + 2000, STUDENT_FILTERS), *data, seed, epochs),
+            RECIPES[5]: lambda: distil_student(build_base(seed + 2000, STUDENT_FILTERS), teacher, *data, seed, epochs),
         }
-        models = {}
-        for recipe, (base, callbacks, augment) in setups.items():
+        for recipe, run in runs.items():
             start = time.perf_counter()
-            models[recipe] = train_classifier(
-                base, target_images[train], target_labels[train], seed, epochs, callbacks, augment
-            )
+            model = run()
             seconds = time.perf_counter() - start
-            results[recipe].append((_accuracy(models[recipe], target_images[test], target_labels[test]), seconds))
-            if seed == 0 and recipe == RECIPES[1]:
-                print_fn(f"What trains in the fine-tuned model:\n{trainable_summary(models[recipe])}\n")
-        teacher = models[RECIPES[3]]
-        for recipe, distil in ((RECIPES[5], False), (RECIPES[6], True)):
-            base, data = build_base(seed + 2000, STUDENT_FILTERS), (target_images[train], target_labels[train])
-            start = time.perf_counter()
-            if distil:
-                student = distil_student(base, teacher, *data, seed, epochs)
-            else:
-                student = train_classifier(base, *data, seed, epochs)
-            seconds = time.perf_counter() - start
-            results[recipe].append((_accuracy(student, target_images[test], target_labels[test]), seconds))
-        print_fn(f"seed {seed}: " + ", ".join(f"{results[r][-1][0]:.1%}" for r in RECIPES))
+            if recipe == RECIPES[3]:
+                history, model = model, model.model
+                teacher = model
+                if validation is not None:
+                    plot_history(history, report, f"fine_tune on digits 5-9, {shots} images per class, seed 0")
+            results[recipe].append((_accuracy(model, *held_out), seconds))
+            progress.add(1)
     print_fn(format_table(results, shots, len(test)))
+    if report:
+        print_fn(f"Report (loss, accuracy and learning rate of seed 0's fine_tune run): {os.path.abspath(report)}")
     return results
 
 

@@ -277,6 +277,10 @@ def fine_tune(
     )
     train = _one_hot(_as_batches(train_data, batch_size, True, seed), classes, "train_data")
     bn_data = train
+    # One endless iterator: a new one each epoch costs more than a short epoch.
+    steps = int(train.cardinality())
+    if steps > 0:
+        train = train.repeat()
     preset = {"seed": seed}
     if model.input_shape[-1] != 3:  # saturation and hue need RGB
         preset.update(saturation=None, hue=None)
@@ -313,6 +317,7 @@ def fine_tune(
         train.prefetch(tf.data.AUTOTUNE),
         validation_data=validation_data,
         epochs=epochs,
+        steps_per_epoch=steps if steps > 0 else None,
         shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
         callbacks=recipe + list(callbacks or []),
         verbose=verbose,
