@@ -19,6 +19,57 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), received {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), received {text!r}")
+    return value
+
+
+def _epoch(text: str) -> int | float:
+    """An epoch count (an integer) or a fraction of the epochs (a number in [0, 1))."""
+    try:
+        value = int(text)
+    except ValueError:
+        return _fraction(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an epoch >= 0 or a fraction in [0, 1), received {text!r}")
+    return value
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def _add_folders(command) -> None:
+    command.add_argument("--data", required=True, metavar="DIR",
+                         help="training images, one subfolder per class (image_dataset_from_directory layout)")
+    command.add_argument("--val", metavar="DIR", help="validation images, the same classes (default: hold out --val-split of --data)")
+    command.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",
+                         help="fraction of --data held out when there is no --val (default: 0.2)")
+    command.add_argument("--image-size", type=_positive_int, metavar="N",
+                         help="images are resized to N x N (default: the model's, else 224)")
+    command.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default: 10)")
+    command.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: 32)")
+    command.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="(default: 1e-3)")
+    command.add_argument("--seed", type=int, default=0, help="seed of the split, shuffle and draws (default: 0)")
+    command.add_argument("--out", default="keras-finetune-out", metavar="DIR",
+                         help="where the model, epochs.csv and report.png go (default: keras-finetune-out)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-finetune",
@@ -47,7 +98,71 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pre-training epochs on digits 0-4 (default: 15)")
     demo.add_argument("--report", default="keras-finetune-demo.png",
                       help="PNG report of seed 0's fine_tune run (default: keras-finetune-demo.png)")
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a pretrained network on an image folder",
+        description=(
+            "Fine-tune a keras.applications backbone (or a .keras feature extractor) on an image "
+            "folder with fine_tune: dropout head, the base frozen for --frozen-epochs then unfrozen "
+            "at a tenth of the rate (BatchNorm kept frozen), cosine schedule with warm-up, "
+            "augmentation, MixUp/CutMix, label smoothing and SWA. Writes model.keras, epochs.csv "
+            "and report.png into --out."
+        ),
+    )
+    _add_folders(train)
+    train.add_argument("--backbone", default="MobileNetV3Small", metavar="NAME|PATH",
+                       help="a keras.applications name, or a .keras base (default: MobileNetV3Small)")
+    train.add_argument("--weights", type=_weights, default="imagenet", metavar="imagenet|none|PATH",
+                       help="the backbone's weights: imagenet (downloaded, needs network access), none, "
+                            "or a local weights file (default: imagenet)")
+    train.add_argument("--frozen-epochs", type=_epoch, default=0.25, metavar="E",
+                       help="epochs with the base frozen, or a fraction of --epochs (default: 0.25)")
+    train.add_argument("--label-smoothing", type=_fraction, default=0.1, help="(default: 0.1)")
+    train.add_argument("--swa", type=_epoch, default=0.75, metavar="E",
+                       help="first epoch averaged by SWA, or a fraction of --epochs (default: 0.75)")
+    train.add_argument("--no-swa", action="store_true", help="no weight averaging")
+    train.add_argument("--no-augmentation", action="store_true", help="no flips, rotations, zoom, shifts, colour jitter")
+    train.add_argument("--no-mixing", action="store_true", help="no MixUp/CutMix")
+
+    distill = commands.add_parser(
+        "distill",
+        help="distil a .keras classifier into a smaller network on an image folder",
+        description=(
+            "Train a student (a keras.applications name, given a dropout head, or a .keras "
+            "classifier) to match a .keras teacher's softened outputs and the labels of an image "
+            "folder with the Distiller (loss alpha * student loss + (1 - alpha) * T^2 KL), cosine "
+            "schedule with warm-up. Writes student.keras, epochs.csv and report.png into --out."
+        ),
+    )
+    distill.add_argument("--teacher", required=True, metavar="PATH", help="the trained classifier, a .keras file")
+    distill.add_argument("--student", required=True, metavar="NAME|PATH",
+                         help="a keras.applications name or a .keras classifier")
+    distill.add_argument("--student-weights", type=_weights, default=None, metavar="imagenet|none|PATH",
+                         help="weights of a student given by name (default: none)")
+    _add_folders(distill)
+    distill.add_argument("--alpha", type=_fraction, default=0.1, help="weight of the loss on the labels (default: 0.1)")
+    distill.add_argument("--temperature", type=_positive_float, default=3.0, help="(default: 3.0)")
     return parser
+
+
+def _run(args) -> None:
+    common = {"data": args.data, "val": args.val, "val_split": args.val_split, "image_size": args.image_size,
+              "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+              "seed": args.seed, "out": args.out}
+    from keras_finetune import commands
+
+    if args.command == "train":
+        commands.train(
+            backbone=args.backbone, weights=args.weights, frozen_epochs=args.frozen_epochs,
+            label_smoothing=args.label_smoothing, swa=None if args.no_swa else args.swa,
+            augmentation=not args.no_augmentation, mixing=not args.no_mixing, **common,
+        )
+    else:
+        commands.distill(
+            teacher=args.teacher, student=args.student, student_weights=args.student_weights,
+            alpha=args.alpha, temperature=args.temperature, **common,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.shots > 100:
+    if args.command == "demo" and args.shots > 100:
         parser.error(f"--shots must be at most 100 (digits has ~180 images per class), received {args.shots}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-    from keras_finetune.demo import run_demo
+    if args.command == "demo":
+        from keras_finetune.demo import run_demo
 
-    run_demo(shots=args.shots, seeds=args.seeds, epochs=args.epochs,
-             pretrain_epochs=args.pretrain_epochs, report=args.report)
+        run_demo(shots=args.shots, seeds=args.seeds, epochs=args.epochs,
+                 pretrain_epochs=args.pretrain_epochs, report=args.report)
+        return 0
+    try:
+        _run(args)
+    except (ValueError, ConnectionError) as error:  # bad input: one line, no traceback
+        print(f"keras-finetune {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

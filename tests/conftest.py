@@ -69,3 +69,14 @@ def mirrored():
     # One for the whole session: separate MirroredStrategy objects in one
     # process can mix up their collective ops' instance keys (shape mismatch).
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=5, size=12, channels=3):
+    """PNG files, one subfolder per class, each class its own mean colour."""
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(60 + 120 * index, 20, (size, size, channels)), 0, 255).astype("uint8")
+            tf.io.write_file(str(root / name / f"{i}.png"), tf.io.encode_png(pixels))
+    return str(root)

@@ -1,15 +1,20 @@
+import contextlib
+import csv
+import io
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-from conftest import changed, snapshot
+from conftest import changed, snapshot, write_image_folder
 
 import keras_finetune
 from keras_finetune import cli, demo
 from keras_finetune.freezing import batchnorm_layers, trainable_summary
+from keras_finetune.image_folders import load_image_folder
 
 
 def test_version_and_help_from_the_installed_console_script():
@@ -103,3 +108,121 @@ def test_demo_distillation_recipe_trains_a_smaller_student_and_leaves_the_teache
     assert changed(before, teacher) == set()
     assert student.layers[1] is student_base
     assert 5 * student.count_params() < teacher.count_params()
+
+
+# train and distill on an image folder
+
+def tiny_base(path, size=32):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    keras.Model(inputs, x, name="tiny").save(path)
+    return str(path)
+
+
+def run(argv):
+    """cli.main's exit status and printed output."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli.main(argv)
+    return status, out.getvalue()
+
+
+def held_out_accuracy(model, folder, size):
+    _, held_out, _ = load_image_folder(folder, size, validation_split=0.2, seed=0)
+    images, labels = (np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in held_out)))
+    return np.mean(np.argmax(model.predict(images, verbose=0), axis=-1) == labels)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    folder = write_image_folder(root / "data", classes=("cat", "dog", "owl"), per_class=10, size=32)
+    status, out = run([
+        "train", "--data", folder, "--backbone", tiny_base(root / "base.keras"), "--epochs", "12",
+        "--frozen-epochs", "0.5", "--batch-size", "8", "--learning-rate", "3e-2", "--out", str(root / "out"),
+    ])
+    return status, out, folder, root / "out"
+
+
+def test_train_writes_a_model_that_reloads_and_predicts_as_it_reported(trained):
+    status, out, folder, out_dir = trained
+    assert status == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["epochs.csv", "model.keras", "report.png"]
+    model = keras.models.load_model(out_dir / "model.keras")
+    accuracy = held_out_accuracy(model, folder, 32)
+    assert f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}" in out
+    assert accuracy > 1 / 3  # three classes of distinct brightness; chance is 1/3
+    assert (out_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_logs_each_epoch_with_its_phase_and_rate(trained):
+    out_dir = trained[3]
+    rows = list(csv.DictReader(open(out_dir / "epochs.csv")))
+    assert [int(r["phase"]) for r in rows] == [0] * 6 + [1] * 6  # --frozen-epochs 0.5 of 12
+    assert [int(r["swa_n"]) for r in rows] == [0] * 9 + [1, 2, 3]  # SWA from 0.75 of 12
+    head = (8 * 128 + 128) + (128 * 3 + 3)  # the tiny base pools to 8 features
+    assert int(rows[0]["trainable_params"]) == head
+    assert int(rows[6]["trainable_params"]) == head + 3 * 3 * 3 * 8 + 8  # the conv, not the BatchNorm
+    np.testing.assert_allclose(float(rows[0]["learning_rate"]), 3e-2 / 2, rtol=1e-6)  # warm-up epoch
+    np.testing.assert_allclose(float(rows[6]["learning_rate"]), 3e-3 * (1 + np.cos(np.pi * 5 / 12)) / 2, rtol=1e-6)
+    assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
+
+
+def test_distill_trains_a_student_that_reloads_and_predicts_as_it_reported(trained, tmp_path):
+    _, _, folder, out_dir = trained
+    status, out = run([
+        "distill", "--teacher", str(out_dir / "model.keras"), "--student", "MobileNetV3Small",
+        "--data", folder, "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "student"),
+    ])
+    assert status == 0
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["epochs.csv", "report.png", "student.keras"]
+    student = keras.models.load_model(tmp_path / "student" / "student.keras")
+    assert student.input_shape == (None, 32, 32, 3) and student.output_shape == (None, 3)
+    accuracy = held_out_accuracy(student, folder, 32)
+    assert f"Held-out accuracy of the student: {accuracy:.1%}" in out
+    rows = list(csv.DictReader(open(tmp_path / "student" / "epochs.csv")))
+    assert len(rows) == 2 and {"distillation_loss", "student_loss", "val_accuracy"} <= rows[0].keys()
+
+
+def bad_inputs(root, trained_model):
+    good = write_image_folder(root / "good", classes=("cat", "dog"), per_class=5, size=32)
+    one = write_image_folder(root / "one", classes=("cat",), size=32)
+    broken = write_image_folder(root / "broken", classes=("cat", "dog"), per_class=5, size=32)
+    (root / "broken" / "dog" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    three = write_image_folder(root / "three", classes=("a", "b", "c"), size=32)
+    base = tiny_base(root / "base.keras")
+    train = ["train", "--epochs", "1", "--out", str(root / "out")]
+    distill = ["distill", "--student", "MobileNetV3Small", "--epochs", "1", "--out", str(root / "out")]
+    return [
+        (train + ["--data", str(root / "nowhere")], f"--data must be a folder of class subfolders. Received: '{root / 'nowhere'}' (no such folder)"),
+        (train + ["--data", one], "--data needs one subfolder of images per class, at least two."),
+        (train + ["--data", broken, "--backbone", base], f"TensorFlow cannot decode the image {root / 'broken' / 'dog' / 'x.png'}"),
+        (train + ["--data", good, "--backbone", "ResNet51"], "--backbone must be one of keras.applications'"),
+        (train + ["--data", good, "--backbone", "MobileNetV3Small", "--weights", "none", "--image-size", "16"],
+         "MobileNetV3Small refuses --image-size 16: Input size must be at least 32x32"),
+        (train + ["--data", good, "--val", three, "--backbone", base], "--val must have the training folder's classes ['cat', 'dog']"),
+        (distill + ["--data", good, "--teacher", str(root / "none.keras")], "--teacher must be a .keras file."),
+        (distill + ["--data", good, "--teacher", trained_model], "--teacher must output one score per class of --data (2: cat, dog)"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_status_2(trained, tmp_path, capsys):
+    for argv, message in bad_inputs(tmp_path, str(trained[3] / "model.keras")):
+        capsys.readouterr()
+        status = cli.main(argv)
+        err = capsys.readouterr().err
+        assert status == 2, argv
+        assert err.startswith(f"keras-finetune {argv[0]}: error: ") and message in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_installed_command_exits_with_status_2_without_a_traceback(tmp_path):
+    script = Path(sys.executable).with_name("keras-finetune")
+    result = subprocess.run([script, "train", "--data", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"keras-finetune train: error: --data must be a folder of class subfolders. Received: '{tmp_path / 'nowhere'}' (no such folder)")
+    assert "Traceback" not in result.stderr
