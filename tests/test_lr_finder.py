@@ -124,3 +124,15 @@ def test_rejects_an_uncompiled_model_and_unknown_data(regression):
         lr_find(linear_model(), "images/")
     with pytest.raises(ValueError, match="run `fit` with it"):
         LRFinder().suggestion
+
+
+def test_the_suggestion_skips_the_first_steps_whose_average_is_still_settling():
+    finder = LRFinder(min_lr=1e-4, max_lr=1.0, steps=41)
+    finder.learning_rates = list(np.logspace(-4, 0, 41))
+    # an easy batch at step 1 drops the early average; the real descent is at steps 20-30
+    smoothed = [2.0, 1.6] + [1.6] * 18 + list(np.linspace(1.6, 0.2, 11)) + list(np.linspace(0.25, 3.0, 10))
+    finder.losses = finder.smoothed_losses = smoothed
+    slopes = np.gradient(np.asarray(smoothed[:31]), np.log10(finder.learning_rates[:31]))
+    assert int(np.argmin(slopes)) < 10  # what an unskipped search would pick
+    assert finder.suggestion == finder.learning_rates[10 + int(np.argmin(slopes[10:]))]
+    assert 20 <= finder.learning_rates.index(finder.suggestion) <= 30

@@ -118,7 +118,13 @@ class LRFinder(keras.callbacks.Callback):
 
     @property
     def suggestion(self) -> float:
-        """The rate of steepest descent of the smoothed loss before its minimum."""
+        """The rate of steepest descent of the smoothed loss before its minimum.
+
+        The first 10 steps (at most half of those before the minimum) are
+        skipped, as fastai's v1 finder skips them: their average still rests
+        on a few batches, and one easy batch there looks like the steepest
+        descent of the sweep.
+        """
         self._check_swept()
         end = int(np.nanargmin(self.smoothed_losses)) + 1
         if end < 3:  # the loss never fell: the sweep started too high
@@ -126,7 +132,8 @@ class LRFinder(keras.callbacks.Callback):
         slopes = np.gradient(
             np.asarray(self.smoothed_losses[:end]), np.log10(self.learning_rates[:end])
         )
-        return self.learning_rates[int(np.argmin(slopes))]
+        skip = min(10, end // 2)
+        return self.learning_rates[skip + int(np.argmin(slopes[skip:]))]
 
     def _check_swept(self) -> None:
         if not self.losses:
