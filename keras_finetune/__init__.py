@@ -18,7 +18,10 @@ _NAMES = {
     "trainable_summary": "freezing",
     "unfreeze": "freezing",
 }
-_SUBMODULES = ("callbacks", "distribute", "freezing", "heads", "layers", "losses", "models", "optimizers", "recipe", "report")
+_SUBMODULES = (
+    "backbones", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
+    "optimizers", "recipe", "report",
+)
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 
