@@ -50,7 +50,7 @@ def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor
     starts = sorted(schedule)
     if starts and starts[-1] >= epochs:
         raise ValueError(
-            f"Every phase must start before the last epoch ({epochs - 1}, counted from 0). "
+            f"Every phase must start within the {epochs} epochs (0 to {epochs - 1}, counted from 0). "
             f"Received: a phase starting at epoch {starts[-1]} (frozen_epochs={frozen_epochs!r}, "
             f"unfreeze={unfreeze!r})"
         )
