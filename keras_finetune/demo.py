@@ -229,6 +229,7 @@ def run_demo(
         data, held_out = (target_images[train], target_labels[train]), (target_images[test], target_labels[test])
         pretrained = pretrain_base(images[source], labels[source], seed, pretrain_epochs)
         validation = held_out if seed == 0 and report else None
+        # Called in this order: RECIPES[5] distils from the `teacher` that RECIPES[3] trains.
         runs = {
             RECIPES[0]: lambda: train_classifier(build_base(seed + 1000), *data, seed, epochs),
             RECIPES[1]: lambda: linear_probe(copy_base(pretrained), *data, seed, epochs),
