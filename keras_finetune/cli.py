@@ -50,6 +50,13 @@ def _epoch(text: str) -> int | float:
     return value
 
 
+def _unfreeze(text: str) -> int | str | None:
+    """`all`, `none`, a number of layers from the top, or a layer name."""
+    if text.lower() == "none":
+        return None
+    return int(text) if text.isdigit() else text
+
+
 def _weights(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Fine-tune a keras.applications backbone (or a .keras feature extractor) on an image "
             "folder with fine_tune: dropout head, the base frozen for --frozen-epochs then unfrozen "
-            "at a tenth of the rate (BatchNorm kept frozen), cosine schedule with warm-up, "
+            "(--unfreeze) at a tenth of the rate (BatchNorm kept frozen), cosine schedule with warm-up, "
             "augmentation, MixUp/CutMix, label smoothing and SWA. Writes model.keras, epochs.csv "
             "and report.png into --out."
         ),
@@ -118,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "or a local weights file (default: imagenet)")
     train.add_argument("--frozen-epochs", type=_epoch, default=0.25, metavar="E",
                        help="epochs with the base frozen, or a fraction of --epochs (default: 0.25)")
+    train.add_argument("--unfreeze", type=_unfreeze, default="all", metavar="all|N|LAYER|none",
+                       help="what trains after the frozen epochs: the whole base, its top N layers, "
+                            "everything from a layer up, or nothing (default: all)")
     train.add_argument("--label-smoothing", type=_fraction, default=0.1, help="(default: 0.1)")
     train.add_argument("--swa", type=_epoch, default=0.75, metavar="E",
                        help="first epoch averaged by SWA, or a fraction of --epochs (default: 0.75)")
@@ -154,7 +164,7 @@ def _run(args) -> None:
 
     if args.command == "train":
         commands.train(
-            backbone=args.backbone, weights=args.weights, frozen_epochs=args.frozen_epochs,
+            backbone=args.backbone, weights=args.weights, frozen_epochs=args.frozen_epochs, unfreeze=args.unfreeze,
             label_smoothing=args.label_smoothing, swa=None if args.no_swa else args.swa,
             augmentation=not args.no_augmentation, mixing=not args.no_mixing, **common,
         )

@@ -92,6 +92,7 @@ def train(
     image_size: int | None = None,
     epochs: int = 10,
     frozen_epochs: int | float = 0.25,
+    unfreeze="all",
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     label_smoothing: float = 0.1,
@@ -119,7 +120,7 @@ def train(
     os.makedirs(out, exist_ok=True)
     with _decoding(data, val):
         history = fine_tune(
-            model, train_batches, held_out, base_model=base, epochs=epochs, frozen_epochs=frozen_epochs,
+            model, train_batches, held_out, base_model=base, epochs=epochs, frozen_epochs=frozen_epochs, unfreeze=unfreeze,
             learning_rate=learning_rate, augmentation=augmentation, mixing=mixing,
             label_smoothing=label_smoothing, swa=swa, seed=seed, verbose=verbose,
             callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv"))],

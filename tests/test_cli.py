@@ -172,6 +172,20 @@ def test_train_logs_each_epoch_with_its_phase_and_rate(trained):
     assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
 
 
+def test_train_with_unfreeze_none_trains_the_head_alone(trained, tmp_path):
+    folder = trained[2]
+    base = tiny_base(tmp_path / "base.keras")
+    status, _ = run(["train", "--data", folder, "--backbone", base, "--epochs", "3", "--unfreeze", "none",
+                     "--no-swa", "--out", str(tmp_path / "out"), "--batch-size", "8"])
+    assert status == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "epochs.csv")))
+    assert [int(r["trainable_params"]) for r in rows] == [(8 * 128 + 128) + (128 * 3 + 3)] * 3
+    saved = keras.models.load_model(tmp_path / "out" / "model.keras")
+    original = keras.models.load_model(base)
+    np.testing.assert_array_equal(saved.get_layer("tiny").get_layer("conv").kernel.numpy(),
+                                  original.get_layer("conv").kernel.numpy())
+
+
 def test_distill_trains_a_student_that_reloads_and_predicts_as_it_reported(trained, tmp_path):
     _, _, folder, out_dir = trained
     status, out = run([
@@ -205,6 +219,7 @@ def bad_inputs(root, trained_model):
         (train + ["--data", good, "--backbone", "MobileNetV3Small", "--weights", "none", "--image-size", "16"],
          "MobileNetV3Small refuses --image-size 16: Input size must be at least 32x32"),
         (train + ["--data", good, "--val", three, "--backbone", base], "--val must have the training folder's classes ['cat', 'dog']"),
+        (train + ["--data", good, "--backbone", base, "--unfreeze", "conv9"], "Received: schedule value 'conv9'"),
         (distill + ["--data", good, "--teacher", str(root / "none.keras")], "--teacher must be a .keras file."),
         (distill + ["--data", good, "--teacher", trained_model], "--teacher must output one score per class of --data (2: cat, dog)"),
     ]
