@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 
 import keras
-import numpy as np
 
+from keras_finetune.callbacks._checks import check_positive
 from keras_finetune.freezing import _all_layers
 
 __all__ = ["discriminative_optimizer"]
@@ -107,9 +107,8 @@ def discriminative_optimizer(
     for name, value in (("model", model), ("base_model", base_model)):
         if not isinstance(value, keras.Model):
             raise TypeError(f"`{name}` must be a keras.Model. Received: {name}={value!r}")
-    for name, value in (("head_lr", head_lr), ("base_lr", base_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
-            raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+    check_positive(head_lr, "head_lr")
+    check_positive(base_lr, "base_lr")
     if not any(layer is base_model for layer in _all_layers(model)):
         raise ValueError(
             f"`base_model` ({base_model.name!r}) is not a layer of `model` ({model.name!r})."

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing
-from keras_finetune.callbacks._checks import check_count, check_epoch, epoch_of, is_int
+from keras_finetune.callbacks._checks import check_count, check_epoch, check_positive, epoch_of, is_int
 from keras_finetune.distribute import get_strategy
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
 from keras_finetune.losses import CategoricalCrossentropy
 
 __all__ = ["fine_tune"]
-
-
-def _check_rate(value, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
-        raise ValueError(f"`{argument}` must be a number > 0. Received: {argument}={value!r}")
-    return float(value)
 
 
 def _nested_base(model: keras.Model) -> keras.Model:
@@ -246,8 +239,8 @@ def fine_tune(
     epochs = check_count(epochs, "epochs", 1)
     batch_size = check_count(batch_size, "batch_size", 1)
     warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
-    learning_rate = _check_rate(learning_rate, "learning_rate")
-    unfreeze_lr_factor = _check_rate(unfreeze_lr_factor, "unfreeze_lr_factor")
+    learning_rate = check_positive(learning_rate, "learning_rate")
+    unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
     if swa is not None:
         check_epoch(swa, "swa")
     if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):

@@ -19,6 +19,13 @@ def check_count(value, argument: str, minimum: int) -> int:
     return int(value)
 
 
+def check_positive(value, argument: str) -> float:
+    """`value` as a float, or a ValueError naming `argument` unless it is a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+        raise ValueError(f"`{argument}` must be a number > 0. Received: {argument}={value!r}")
+    return float(value)
+
+
 def check_epoch(value, argument: str) -> None:
     """A ValueError naming `argument` unless it is an int epoch >= 0 or a float fraction in [0, 1)."""
     if is_int(value):

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks._checks import check_count
+from keras_finetune.callbacks._checks import check_count, check_positive
 
 __all__ = ["StepLR", "CosineAnnealing"]
 
@@ -115,9 +115,7 @@ class StepLR(_EpochSchedule):
     def __init__(self, step_size: int, gamma: float = 0.1, verbose: int = 0):
         super().__init__(verbose)
         self.step_size = check_count(step_size, "step_size", 1)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number)) or not gamma > 0:
-            raise ValueError(f"`gamma` must be a number > 0. Received: gamma={gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_positive(gamma, "gamma")
 
     def rate(self, epoch: int, base: float) -> float:
         return base * self.gamma ** (epoch // self.step_size)
