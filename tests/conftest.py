@@ -59,6 +59,17 @@ def snapshot(layer):
     return {v.path: np.array(v.numpy()) for v in layer.weights}
 
 
+class Snapshots(keras.callbacks.Callback):
+    """Every weight of the model at each epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append([np.array(v.numpy()) for v in self.model.weights])
+
+
 def changed(before, layer):
     """Paths of the weights of `layer` whose values differ from `before`."""
     return {v.path for v in layer.weights if not np.array_equal(before[v.path], v.numpy())}

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import changed, make_base, snapshot
+from conftest import Snapshots, changed, make_base, snapshot
 
 from keras_finetune import fine_tune
 from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
@@ -28,15 +28,6 @@ def data():
 def base_weights(seed=0):
     keras.utils.set_random_seed(seed)
     return make_base()
-
-
-class WeightsAtEpochEnd(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append([np.array(v.numpy()) for v in self.model.weights])
 
 
 def test_phases_learning_rates_and_trainable_counts_per_epoch(data):
@@ -105,13 +96,13 @@ def test_the_result_equals_the_same_parts_assembled_by_hand(data):
 
 
 def test_swa_leaves_the_average_of_the_last_epochs_weights(data):
-    recorder = WeightsAtEpochEnd()
+    recorder = Snapshots()
     history = fine_tune(
         base_weights(), data, num_classes=4, epochs=5, frozen_epochs=0, augmentation=False,
         mixing=False, swa=2, batch_size=16, seed=0, verbose=0, callbacks=[recorder],
     )
     for index, variable in enumerate(history.model.weights):
-        expected = np.mean([weights[index] for weights in recorder.weights[2:]], axis=0)
+        expected = np.mean([weights[index] for weights in recorder.ends[2:]], axis=0)
         np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
 
 

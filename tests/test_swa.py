@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_base, mixed_float16
+from conftest import Snapshots, make_base, mixed_float16
 
 from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
@@ -34,17 +34,6 @@ def regression():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
     return x, (x @ np.array([1.0, -2.0, 0.5, 3.0], "float32"))[:, None]
-
-
-class Snapshots(keras.callbacks.Callback):
-    """Every weight of the model at each epoch end."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append([np.array(v.numpy()) for v in self.model.weights])
 
 
 def fit(model, data, callbacks, epochs=6, **kwargs):
