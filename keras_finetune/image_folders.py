@@ -17,6 +17,22 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _class_images(directory: str, argument: str) -> dict[str, list[Path]]:
+    """Each class subfolder's image files, by class name in sorted order (see `class_folders`)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise ValueError(f"{argument} must be a folder of class subfolders. Received: {directory!r} (no such folder)")
+    images = {p.name: files for p in sorted(path.iterdir()) if p.is_dir() and (files := _images(p))}
+    classes = list(images)
+    if len(classes) < 2:
+        found = f"one, {classes[0]!r}" if classes else "none"
+        raise ValueError(
+            f"{argument} needs one subfolder of images per class, at least two. "
+            f"Received: {directory!r} with {found} ({', '.join(IMAGE_EXTENSIONS)} files)"
+        )
+    return images
+
+
 def class_folders(directory: str, argument: str = "--data") -> list[str]:
     """The class names of an image folder: its subfolders that hold images, sorted.
 
@@ -24,17 +40,7 @@ def class_folders(directory: str, argument: str = "--data") -> list[str]:
         ValueError: `directory` is not a folder, or fewer than two of its
             subfolders hold images (a classifier needs two classes).
     """
-    path = Path(directory)
-    if not path.is_dir():
-        raise ValueError(f"{argument} must be a folder of class subfolders. Received: {directory!r} (no such folder)")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and _images(p))
-    if len(classes) < 2:
-        found = f"one, {classes[0]!r}" if classes else "none"
-        raise ValueError(
-            f"{argument} needs one subfolder of images per class, at least two. "
-            f"Received: {directory!r} with {found} ({', '.join(IMAGE_EXTENSIONS)} files)"
-        )
-    return classes
+    return list(_class_images(directory, argument))
 
 
 def load_image_folder(
@@ -56,13 +62,14 @@ def load_image_folder(
     Returns:
         `(train, validation, class_names)`.
     """
-    classes = class_folders(directory, argument)
+    images = _class_images(directory, argument)
+    classes = list(images)
     if class_names is not None and classes != list(class_names):
         raise ValueError(
             f"{argument} must have the training folder's classes {list(class_names)}. "
             f"Received: {directory!r} with {classes}"
         )
-    count = sum(len(_images(Path(directory) / name)) for name in classes)
+    count = sum(len(files) for files in images.values())
     if validation_split and int(validation_split * count) < 1:  # Keras would then train on nothing
         raise ValueError(
             f"{argument} is too small to hold out a fraction {validation_split} for validation. "
