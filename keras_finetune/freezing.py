@@ -7,6 +7,13 @@ graph does not help: `fit` overrides it (keras#20285). So the `trainable` flag
 of each BatchNormalization layer is the one switch that keeps its moving
 statistics from being overwritten by the small batches of a fine-tuning set.
 `unfreeze` leaves those layers frozen unless asked otherwise.
+
+The policy follows where the weights come from: a BatchNormalization layer
+whose moving statistics still hold their initial values (mean 0, variance 1)
+has never seen data, and freezing it would normalise with statistics that
+are wrong for every input; a randomly initialised base then trains nothing
+(its loss stays at ln K). `freeze_batchnorm="auto"` freezes the layers with
+learned statistics and lets those still at their initial values train.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import numpy as np
 
 __all__ = [
     "batchnorm_layers",
+    "batchnorm_to_freeze",
     "freeze",
     "unfreeze",
     "trainable_summary",
     "TrainableSummary",
+    "untrained_batchnorm",
 ]
 
 
@@ -69,6 +78,63 @@ def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
         for layer in _all_layers(model_or_layer)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
+
+
+def untrained_batchnorm(model_or_layer: keras.layers.Layer) -> list:
+    """The BatchNormalization layers that have never seen data.
+
+    Their moving mean is still all zeros and their moving variance all ones
+    (Keras's initial values, which no trained layer keeps), or they are not
+    built yet.
+
+    Args:
+        model_or_layer: keras.layers.Layer. The model or layer to search.
+
+    Returns:
+        A list of BatchNormalization layers, in depth-first order.
+    """
+    return [
+        layer
+        for layer in batchnorm_layers(model_or_layer)
+        if not layer.built
+        or (
+            np.all(keras.ops.convert_to_numpy(layer.moving_mean) == 0.0)
+            and np.all(keras.ops.convert_to_numpy(layer.moving_variance) == 1.0)
+        )
+    ]
+
+
+def batchnorm_to_freeze(base_model: keras.layers.Layer, freeze_batchnorm) -> list:
+    """The BatchNormalization layers of `base_model` that a `freeze_batchnorm` policy keeps frozen.
+
+    Args:
+        base_model: keras.layers.Layer. The base.
+        freeze_batchnorm: `True` (all of them), `False` (none), `"auto"`
+            (those with learned statistics, see `untrained_batchnorm`), or a
+            list of the BatchNormalization layers to keep frozen.
+
+    Returns:
+        A list of BatchNormalization layers.
+    """
+    if isinstance(freeze_batchnorm, (list, tuple)):
+        if not all(isinstance(layer, keras.layers.BatchNormalization) for layer in freeze_batchnorm):
+            raise TypeError(
+                "A list `freeze_batchnorm` must hold BatchNormalization layers. "
+                f"Received: freeze_batchnorm={freeze_batchnorm!r}"
+            )
+        return list(freeze_batchnorm)
+    if freeze_batchnorm is not True and freeze_batchnorm is not False and freeze_batchnorm != "auto":
+        raise ValueError(
+            '`freeze_batchnorm` must be True, False, "auto" or a list of BatchNormalization layers. '
+            f"Received: freeze_batchnorm={freeze_batchnorm!r}"
+        )
+    if freeze_batchnorm is False:
+        return []
+    layers = batchnorm_layers(base_model)
+    if freeze_batchnorm is True:
+        return layers
+    untrained = {id(layer) for layer in untrained_batchnorm(base_model)}
+    return [layer for layer in layers if id(layer) not in untrained]
 
 
 def freeze(model_or_layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -139,7 +205,7 @@ def unfreeze(
     base_model: keras.Model,
     top: int | None = None,
     from_layer: str | keras.layers.Layer | None = None,
-    freeze_batchnorm: bool = True,
+    freeze_batchnorm: bool | str | list = True,
 ) -> keras.Model:
     """Make the top of a pretrained base trainable, the rest frozen.
 
@@ -166,8 +232,11 @@ def unfreeze(
         from_layer: str or keras.layers.Layer. The lowest entry of
             `base_model.layers` to make trainable, by name or by object.
             Defaults to `None`.
-        freeze_batchnorm: bool. Keep BatchNormalization layers frozen.
-            Defaults to `True`.
+        freeze_batchnorm: bool, `"auto"` or list. Keep BatchNormalization
+            layers frozen: `True` all, `False` none, `"auto"` those with
+            learned statistics (a layer still at its initial statistics
+            trains; see `untrained_batchnorm`), or the list of layers to keep
+            frozen. Defaults to `True`.
 
     Returns:
         `base_model`, for chaining.
@@ -187,6 +256,7 @@ def unfreeze(
         )
     layers = base_model.layers
     start = _first_unfrozen_index(layers, top, from_layer)
+    frozen_batchnorm = batchnorm_to_freeze(base_model, freeze_batchnorm)
     if start == len(layers):
         base_model.trainable = False
         return base_model
@@ -196,9 +266,8 @@ def unfreeze(
     base_model.trainable = True
     for layer in layers[:start]:
         layer.trainable = False
-    if freeze_batchnorm:
-        for layer in batchnorm_layers(base_model):
-            layer.trainable = False
+    for layer in frozen_batchnorm:
+        layer.trainable = False
     return base_model
 
 

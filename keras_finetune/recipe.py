@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
+
 import keras
 import tensorflow as tf
 
-from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing
+from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing
 from keras_finetune.callbacks._checks import check_count, check_epoch, check_positive, epoch_of, is_int
+from keras_finetune.callbacks.epoch_seeds import reseed, seed_states
 from keras_finetune.distribute import get_strategy
+from keras_finetune.freezing import batchnorm_layers, untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
-from keras_finetune.losses import CategoricalCrossentropy
 
 __all__ = ["fine_tune"]
 
@@ -34,6 +39,12 @@ def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor
     else:
         check_epoch(frozen_epochs, "frozen_epochs")
         start = epoch_of(frozen_epochs, epochs)
+        if start == 0 and frozen_epochs and unfreeze not in (None, 0):
+            warnings.warn(
+                f"frozen_epochs={frozen_epochs!r} of {epochs} epochs rounds to 0: the base trains "
+                "from the first step, beside an untrained head. Give more epochs or an int frozen_epochs.",
+                stacklevel=3,
+            )
         if unfreeze is None or unfreeze == 0:
             schedule = {0: 0}
         elif start == 0:
@@ -51,17 +62,42 @@ def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor
     return schedule, rates
 
 
-def _as_batches(data, batch_size: int, shuffle: bool, seed) -> tf.data.Dataset:
-    """A batched dataset of (images, labels) from a dataset or an (images, labels) tuple."""
+def _epoch_source(data, batch_size: int, seed):
+    """`epoch -> that epoch's batches`, from a dataset, an (images, labels) tuple or such a function."""
+    if isinstance(data, tf.data.Dataset):
+        return lambda epoch: data
+    if isinstance(data, tuple) and len(data) == 2:
+        arrays = tuple(tf.convert_to_tensor(array) for array in data)
+        count = int(arrays[0].shape[0])
+
+        def shuffled(epoch):
+            # The order of epoch e depends on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
+            if seed is None:
+                order = tf.random.shuffle(tf.range(count))
+            else:
+                order = tf.random.experimental.stateless_shuffle(
+                    tf.range(count), seed=tf.stack([tf.constant(seed, "int64"), tf.cast(epoch, "int64")])
+                )
+            indices = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+            return indices.map(lambda index: tuple(tf.gather(array, index) for array in arrays))
+
+        return shuffled
+    if callable(data):
+        return data
+    raise TypeError(
+        "Data must be a tf.data.Dataset of (images, labels) batches, a tuple (images, labels), "
+        f"or a function epoch -> such a dataset. Received: {type(data).__name__}"
+    )
+
+
+def _batches(data, batch_size: int) -> tf.data.Dataset:
+    """Validation batches, in their order."""
     if isinstance(data, tf.data.Dataset):
         return data
     if isinstance(data, tuple) and len(data) == 2:
-        dataset = tf.data.Dataset.from_tensor_slices(data)
-        if shuffle:
-            dataset = dataset.shuffle(len(data[0]), seed=seed)
-        return dataset.batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
     raise TypeError(
-        "Data must be a tf.data.Dataset of (images, labels) batches or a tuple (images, labels). "
+        "`validation_data` must be a tf.data.Dataset of (images, labels) batches or a tuple (images, labels). "
         f"Received: {type(data).__name__}"
     )
 
@@ -109,6 +145,84 @@ def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[ke
     return copy, copy.get_layer(base_model.name)
 
 
+def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.Model, keras.Model, int]:
+    """The classifier, its base (both in `strategy`'s scope) and its number of classes."""
+    if num_classes is not None:
+        if not is_int(num_classes) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
+        base_model = model
+        model = build_classifier(model, int(num_classes), **(head or {}))
+    elif base_model is None:
+        base_model = _nested_base(model)
+    classes = model.output_shape[-1]
+    if not is_int(classes) or classes < 2:
+        raise ValueError(
+            f"`model` must output one score per class (at least 2). Received: output shape {model.output_shape}"
+        )
+    return (*_in_scope(model, base_model, strategy), classes)
+
+
+def _warn_untrained(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> None:
+    """Say so when "auto" lets every BatchNorm layer of the base train: the base looks untrained."""
+    layers = batchnorm_layers(base_model)
+    if layers and len(untrained_batchnorm(base_model)) == len(layers) and (frozen_epochs or unfreeze_lr_factor != 1):
+        warnings.warn(
+            f"The {len(layers)} BatchNorm layers of {base_model.name!r} hold their initial statistics: the base "
+            "looks untrained, so they train (freeze_batchnorm='auto'). A frozen phase and a lower rate for the "
+            "base are meant for pretrained weights; to train from scratch pass frozen_epochs=0, unfreeze_lr_factor=1.",
+            stacklevel=3,
+        )
+
+
+def _resumed_epoch(backup_dir: str | None) -> int:
+    """The epoch `BackupAndRestore(backup_dir)` will resume at (0 without a backup)."""
+    path = None if backup_dir is None else os.path.join(backup_dir, "training_metadata.json")
+    if path is None or not os.path.isfile(path):
+        return 0
+    try:
+        with open(path) as file:
+            return int(json.load(file)["epoch"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"The backup in {backup_dir!r} is unreadable ({error}); delete it to start over") from None
+
+
+def _training_batches(source, classes: int, channels: int, epochs: int, start: int, augmentation, mixing, seed):
+    """The training pipeline from epoch `start` on, its steps per epoch, and the un-augmented batches.
+
+    With a known number of batches it is one iterator over the remaining
+    epochs (a new one each short epoch costs more than the epoch), each epoch
+    built by `source(epoch)`; with a `seed`, the random layers are reseeded
+    from `(seed, epoch)` at its start, so epoch e draws the same whether the
+    run got there in one go or was resumed there.
+    """
+    plain = _one_hot(source(tf.constant(0, "int64")), classes, "train_data")
+    preset = {"seed": seed}
+    if channels != 3:  # saturation and hue need RGB
+        preset.update(saturation=None, hue=None)
+    augment = _part(augmentation, "augmentation", lambda options: image_augmentation(**{**preset, **options}))
+    mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, **options}))
+    # Parallel calls would draw the random parameters in no fixed order.
+    parallel = None if seed is not None else tf.data.AUTOTUNE
+    states = seed_states(*(part for part in (augment, mix) if isinstance(part, keras.layers.Layer)))
+
+    def randomised(batches: tf.data.Dataset) -> tf.data.Dataset:
+        if augment is not None:
+            batches = batches.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=parallel)
+        return batches if mix is None else batches.map(mix, num_parallel_calls=parallel)
+
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow on Python values
+    def epoch_batches(epoch):
+        if seed is not None:
+            reseed(states, seed, epoch)
+        return randomised(_one_hot(source(epoch), classes, "train_data"))
+
+    steps = int(plain.cardinality())
+    if steps <= 0:  # unknown length: Keras iterates the dataset anew each epoch
+        return randomised(plain), None, plain
+    train = tf.data.Dataset.range(start, max(epochs, start + 1)).flat_map(epoch_batches)
+    return train, steps, plain
+
+
 def fine_tune(
     model: keras.Model,
     train_data,
@@ -130,12 +244,13 @@ def fine_tune(
     label_smoothing: float = 0.1,
     swa: int | float | None = 0.75,
     swa_lr: float | None = None,
-    freeze_batchnorm: bool = True,
+    freeze_batchnorm: bool | str = "auto",
     batch_size: int = 32,
     from_logits: bool = False,
     strategy: tf.distribute.Strategy | None = None,
     callbacks: list | None = None,
     seed: int | None = None,
+    backup_dir: str | None = None,
     verbose="auto",
 ) -> keras.callbacks.History:
     """Fine-tune a pretrained network with the whole playbook, in one `fit`.
@@ -149,12 +264,15 @@ def fine_tune(
        `frozen_epochs`, then `unfreeze` (`"all"`, the top N layers, a layer
        name) at `learning_rate * unfreeze_lr_factor`; a dict `unfreeze` is the
        whole schedule (epoch -> phase), each phase `unfreeze_lr_factor` times
-       the rate of the one before. BatchNorm layers stay frozen
-       (`freeze_batchnorm`). The optimizer keeps its state across phases.
+       the rate of the one before. BatchNorm layers with learned statistics
+       stay frozen; those still at their initial statistics (a base that was
+       never trained) train (`freeze_batchnorm="auto"`, with a warning that
+       says how to train such a base from scratch). The optimizer keeps its
+       state across phases.
     3. `CosineAnnealing` over all `epochs` with `warmup_epochs` of linear
        warm-up, on top of each phase's rate (`schedule=None` turns it off; a
        Keras callback, e.g. `StepLR` or `ReduceLROnPlateau`, replaces it).
-    4. The training pipeline: shuffled batches, `image_augmentation` (True:
+    4. The training pipeline, one epoch after the other: shuffled batches, `image_augmentation` (True:
        the preset; a dict: its options; a layer: that layer), then
        `MixUpOrCutMix` (True, a dict of options, or a layer). The preset
        leaves out saturation and hue for images without 3 channels. Labels become
@@ -165,14 +283,26 @@ def fine_tune(
     6. `SWA` from epoch `swa` (int, or a fraction of `epochs`) to the end, at
        `swa_lr` if given, with the BatchNorm statistics of trainable
        BatchNorm layers recomputed over the un-augmented training batches.
-    7. Compiled and fit under `strategy` (default `get_strategy()`): when
-       `model` was built outside its scope, a copy is made inside it.
+    7. Compiled with Keras's own `CategoricalCrossentropy` (so a saved model
+       reloads with plain `keras.models.load_model`) and fit under `strategy`
+       (default `get_strategy()`): when `model` was built outside its scope,
+       a copy is made inside it.
+    8. With `backup_dir`, `keras.callbacks.BackupAndRestore` and SWA's state
+       there: a run interrupted at any point and started again with the same
+       arguments resumes at the last completed epoch and, with a `seed`, ends
+       with the weights of an uninterrupted run (dropout, shuffle,
+       augmentation and mixing draw from `(seed, epoch)`, see `EpochSeeds`).
 
     Args:
         model: keras.Model. A classifier, or a base when `num_classes` is set.
-        train_data: a `tf.data.Dataset` of `(images, labels)` batches, or a
-            tuple `(images, labels)` of arrays (shuffled and batched by
-            `batch_size`). Labels: integer class ids or one-hot rows.
+        train_data: a `tf.data.Dataset` of `(images, labels)` batches, a
+            tuple `(images, labels)` of arrays (shuffled each epoch and
+            batched by `batch_size`), or a function `epoch -> dataset` of
+            that epoch's batches (`epoch` a scalar int64 tensor; for data
+            whose order must depend on the epoch alone, as a resumable run
+            needs). Labels: integer class ids or one-hot rows. A dataset
+            that reshuffles itself each iteration repeats differently after
+            a resume.
         validation_data: the same forms, evaluated after each epoch.
             Defaults to `None`.
         num_classes: int >= 2. Build a dropout head with this many classes on
@@ -205,8 +335,9 @@ def fine_tune(
             `epochs`; `None` turns SWA off. Defaults to 0.75.
         swa_lr: float. The rate held while averaging. Defaults to `None`
             (the schedule's).
-        freeze_batchnorm: bool. Keep the base's BatchNorm layers frozen.
-            Defaults to True.
+        freeze_batchnorm: bool or `"auto"`. Keep the base's BatchNorm
+            layers frozen: all, none, or those with learned statistics.
+            Defaults to `"auto"`.
         batch_size: int. Batch size for array data. Defaults to 32.
         from_logits: bool. Whether the classifier outputs logits. Defaults
             to False.
@@ -215,7 +346,11 @@ def fine_tune(
             `CSVLogger` sees the logs they add). Defaults to `None`.
         seed: int. Seed of the shuffle, augmentation and mixing draws; with
             a seed the random maps run one batch at a time, so a run repeats
-            exactly. Defaults to `None` (parallel maps).
+            exactly, and its dropout masks too (`EpochSeeds`). Defaults to
+            `None` (parallel maps).
+        backup_dir: str. A folder of its own for the backup of an
+            interrupted run (deleted when `fit` completes). Defaults to
+            `None`.
         verbose: as in `fit`. Defaults to `"auto"`.
 
     Returns:
@@ -243,75 +378,59 @@ def fine_tune(
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
     if swa is not None:
         check_epoch(swa, "swa")
+        if epoch_of(swa, epochs) == epochs - 1:
+            warnings.warn(f"swa={swa!r} of {epochs} epochs averages the last epoch's weights alone.", stacklevel=2)
     if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
         raise ValueError(
             f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
         )
-    strategy = strategy or get_strategy()
-
-    if num_classes is not None:
-        if not is_int(num_classes) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
-        base_model = model
-        model = build_classifier(model, int(num_classes), **(head or {}))
-    elif base_model is None:
-        base_model = _nested_base(model)
-    classes = model.output_shape[-1]
-    if not is_int(classes) or classes < 2:
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    if any(isinstance(callback, keras.callbacks.BackupAndRestore) for callback in callbacks or []):
         raise ValueError(
-            f"`model` must output one score per class (at least 2). Received: output shape {model.output_shape}"
+            "Pass `backup_dir` instead of a BackupAndRestore callback: fine_tune must know where to resume "
+            "its pipeline and SWA. Received: a BackupAndRestore in callbacks"
         )
-    model, base_model = _in_scope(model, base_model, strategy)
-
+    strategy = strategy or get_strategy()
+    model, base_model, classes = _classifier(model, num_classes, base_model, head, strategy)
+    if freeze_batchnorm == "auto":
+        _warn_untrained(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
     unfreezing = ProgressiveUnfreezing(
         base_model,
         *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
         freeze_batchnorm=freeze_batchnorm,
     )
-    train = _one_hot(_as_batches(train_data, batch_size, True, seed), classes, "train_data")
-    bn_data = train
-    # One endless iterator: a new one each epoch costs more than a short epoch.
-    steps = int(train.cardinality())
-    if steps > 0:
-        train = train.repeat()
-    preset = {"seed": seed}
-    if model.input_shape[-1] != 3:  # saturation and hue need RGB
-        preset.update(saturation=None, hue=None)
-    augment = _part(augmentation, "augmentation", lambda options: image_augmentation(**{**preset, **options}))
-    # Parallel calls would draw the random parameters in no fixed order.
-    parallel = None if seed is not None else tf.data.AUTOTUNE
-    if augment is not None:
-        train = train.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=parallel)
-    mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, **options}))
-    if mix is not None:
-        train = train.map(mix, num_parallel_calls=parallel)
+    train, steps, bn_data = _training_batches(
+        _epoch_source(train_data, batch_size, seed), classes, model.input_shape[-1], epochs,
+        _resumed_epoch(backup_dir), augmentation, mixing, seed,
+    )
     if validation_data is not None:
-        validation_data = _one_hot(
-            _as_batches(validation_data, batch_size, False, seed), classes, "validation_data"
-        ).prefetch(tf.data.AUTOTUNE)
+        validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
 
-    recipe = [unfreezing]
+    recipe = [unfreezing] if seed is None else [unfreezing, EpochSeeds(seed)]
     if schedule == "cosine":
         recipe.append(CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs))
     elif schedule is not None:
         recipe.append(schedule)
     if swa is not None:
-        recipe.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data))
+        recipe.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data, backup_dir=backup_dir))
+    backup = [] if backup_dir is None else [keras.callbacks.BackupAndRestore(backup_dir)]
 
     with strategy.scope():
         if isinstance(optimizer, str):
             optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+        # Keras's own loss (our uniform smoothing is the same), so a saved model reloads without this package.
         model.compile(
             optimizer,
-            CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
+            keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
     return model.fit(
         train.prefetch(tf.data.AUTOTUNE),
-        validation_data=validation_data,
+        validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
         epochs=epochs,
-        steps_per_epoch=steps if steps > 0 else None,
+        steps_per_epoch=steps,
         shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
-        callbacks=recipe + list(callbacks or []),
+        callbacks=recipe + list(callbacks or []) + backup,  # the backup last, once every log is written
         verbose=verbose,
     )

@@ -27,6 +27,16 @@ def make_base(name="base"):
     return keras.Model(inputs, x, name=name)
 
 
+def with_statistics(model, seed=0):
+    """Give every BatchNorm layer moving statistics other than its initial ones, as a pretrained base has."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0.0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.8, 1.2, layer.moving_variance.shape))
+    return model
+
+
 @pytest.fixture
 def base():
     keras.utils.set_random_seed(0)

@@ -3,13 +3,15 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import changed, make_base, snapshot
+from conftest import changed, make_base, snapshot, with_statistics
 
 from keras_finetune.freezing import (
     batchnorm_layers,
+    batchnorm_to_freeze,
     freeze,
     trainable_summary,
     unfreeze,
+    untrained_batchnorm,
 )
 from keras_finetune.heads import build_classifier
 
@@ -84,6 +86,25 @@ def test_unfreeze_moves_the_boundary_both_ways(base):
     assert len(base.trainable_weights) == 6
 
 
+def test_untrained_batchnorm_finds_the_layers_still_at_their_initial_statistics(base, images, int_labels):
+    assert untrained_batchnorm(base) == batchnorm_layers(base)
+    base.get_layer("bn1").moving_mean.assign(np.full(4, 0.5))  # one statistic moved is enough
+    assert [layer.name for layer in untrained_batchnorm(base)] == ["bn0"]
+    fit_once(unfreeze(base, freeze_batchnorm=False), images, int_labels)
+    assert untrained_batchnorm(base) == []
+
+
+def test_auto_policy_freezes_the_learned_batchnorm_and_trains_the_untrained(base, images, int_labels):
+    with_statistics(base.get_layer("bn1"))  # bn0 untrained, bn1 "pretrained"
+    assert batchnorm_to_freeze(base, "auto") == [base.get_layer("bn1")]
+    assert batchnorm_to_freeze(base, True) == batchnorm_layers(base) and batchnorm_to_freeze(base, False) == []
+    before = snapshot(base)
+    fit_once(unfreeze(base, freeze_batchnorm="auto"), images, int_labels)
+    moved = changed(before, base)
+    assert {"bn0/moving_mean", "bn0/gamma"} <= moved
+    assert not moved & weight_paths(base, "bn1")
+
+
 def test_batchnorm_layers_finds_nested_layers(base):
     inputs = keras.Input((8, 8, 1))
     outer = keras.Model(inputs, keras.layers.BatchNormalization(name="outer_bn")(base(inputs)))
@@ -100,6 +121,8 @@ def test_batchnorm_layers_finds_nested_layers(base):
         ({"from_layer": "conv9"}, ValueError, "Received: from_layer='conv9'"),
         ({"top": 1, "from_layer": "conv1"}, ValueError, "Received: top=1, from_layer='conv1'"),
         ({"from_layer": 3}, TypeError, "Received: from_layer=3"),
+        ({"freeze_batchnorm": "yes"}, ValueError, "Received: freeze_batchnorm='yes'"),
+        ({"freeze_batchnorm": ["bn0"]}, TypeError, "Received: freeze_batchnorm=['bn0']"),
     ],
 )
 def test_unfreeze_rejects_bad_arguments(base, kwargs, error, message):

@@ -4,14 +4,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Snapshots, changed, make_base, snapshot
+from conftest import Snapshots, changed, make_base, snapshot, with_statistics
 
 from keras_finetune import fine_tune
-from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
+from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, StepLR
+from keras_finetune.callbacks.epoch_seeds import reseed, seed_states
 from keras_finetune.freezing import batchnorm_layers
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
-from keras_finetune.losses import CategoricalCrossentropy
 
 NO_PARTS = {"augmentation": False, "mixing": False, "swa": None, "schedule": None}
 
@@ -26,8 +26,9 @@ def data():
 
 
 def base_weights(seed=0):
+    """The same pretrained-looking base each call: random weights, learned BatchNorm statistics."""
     keras.utils.set_random_seed(seed)
-    return make_base()
+    return with_statistics(make_base(), seed)
 
 
 def test_phases_learning_rates_and_trainable_counts_per_epoch(data):
@@ -81,14 +82,24 @@ def test_the_result_equals_the_same_parts_assembled_by_hand(data):
     model = build_classifier(base, 4)
     augment = image_augmentation(seed=3, **options)
     mixing = MixUpOrCutMix(switch_prob=0.5, seed=3)
-    batches = tf.data.Dataset.from_tensor_slices(data).shuffle(48, seed=3).batch(16)
-    batches = batches.map(lambda x, y: (x, tf.one_hot(y, 4)))
-    train = batches.repeat().map(lambda x, y: (augment(x, training=True), y)).map(mixing)
-    model.compile(keras.optimizers.Adam(3e-3), CategoricalCrossentropy(label_smoothing=0.2), metrics=["accuracy"])
+
+    def batches(epoch):  # each epoch's order from (seed, epoch)
+        order = tf.random.experimental.stateless_shuffle(tf.range(48), seed=tf.stack([tf.constant(3, "int64"), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(16).map(
+            lambda index: (tf.gather(images, index), tf.one_hot(tf.gather(labels, index), 4))
+        )
+
+    def epoch_batches(epoch):  # the pipeline's random layers reseeded from (seed, epoch)
+        reseed(seed_states(augment, mixing), 3, epoch)
+        return batches(epoch).map(lambda x, y: (augment(x, training=True), y)).map(mixing)
+
+    train = tf.data.Dataset.range(6).flat_map(epoch_batches)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
     model.fit(train, epochs=6, steps_per_epoch=3, verbose=0, shuffle=False, callbacks=[
         ProgressiveUnfreezing(base, {0: 0, 2: 4}, {0: 3e-3, 2: 3e-3 * 0.2}),
+        EpochSeeds(3),
         CosineAnnealing(t_max=6, warmup_epochs=1),
-        SWA(4, swa_lr=5e-4, bn_data=batches),
+        SWA(4, swa_lr=5e-4, bn_data=batches(tf.constant(0, "int64"))),
     ])
     for mine, theirs in zip(history.model.weights, model.weights):
         np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
@@ -165,6 +176,91 @@ def test_a_model_built_outside_the_strategy_is_copied_into_its_scope(data, mirro
     np.testing.assert_allclose(results[0].history["loss"], results[1].history["loss"], rtol=1e-5)
 
 
+def test_an_untrained_base_trains_its_batchnorm_and_says_so(data):
+    keras.utils.set_random_seed(0)
+    untrained = make_base()
+    with pytest.warns(UserWarning, match="The 2 BatchNorm layers of 'base' hold their initial statistics"):
+        history = fine_tune(untrained, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, seed=0, verbose=0)
+    moving = {f"bn{i}/{w}" for i in range(2) for w in ("moving_mean", "moving_variance", "gamma", "beta")}
+    assert moving <= changed(snapshot(make_base()), untrained)  # they trained in the unfrozen epoch
+    assert all(layer.trainable for layer in batchnorm_layers(untrained))
+    base_trainable = sum(v.numpy().size for v in untrained.trainable_weights)  # every weight but the moving statistics
+    assert history.history["trainable_params"][1] == history.history["trainable_params"][0] + base_trainable
+
+    keras.utils.set_random_seed(0)
+    kept = make_base()
+    fine_tune(kept, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, freeze_batchnorm=True, seed=0, verbose=0)
+    assert not any(layer.trainable for layer in batchnorm_layers(kept))
+    np.testing.assert_array_equal(kept.get_layer("bn0").moving_variance.numpy(), np.ones(4))
+
+
+def test_a_trained_base_keeps_its_batchnorm_frozen_without_a_warning(data, recwarn):
+    base = base_weights()
+    fine_tune(base, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, seed=0, verbose=0)
+    assert not [w for w in recwarn if "initial statistics" in str(w.message)]
+    assert not any(layer.trainable for layer in batchnorm_layers(base))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"epochs": 3, "frozen_epochs": 0.25}, "frozen_epochs=0.25 of 3 epochs rounds to 0"),
+    ({"epochs": 4, "swa": 0.75}, "swa=0.75 of 4 epochs averages the last epoch's weights alone"),
+])
+def test_degenerate_phases_are_warned_about(data, arguments, message):
+    with pytest.warns(UserWarning, match=message):
+        fine_tune(base_weights(), data, **{"num_classes": 4, "verbose": 0, "augmentation": False,
+                                            "mixing": False, "seed": 0, **arguments})
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of epoch `epoch`, as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1:
+            raise RuntimeError("interrupted")
+
+
+def test_a_run_resumed_from_backup_dir_ends_with_the_uninterrupted_weights(data, tmp_path):
+    """Dropout, shuffle, augmentation, mixing and SWA on: every draw comes back after the resume."""
+    options = {"num_classes": 4, "epochs": 6, "frozen_epochs": 2, "swa": 3, "batch_size": 16, "seed": 0, "verbose": 0,
+               "augmentation": {"flip": None, "hue": None, "saturation": None, "value_range": (-3, 3)}}
+    whole = fine_tune(base_weights(), data, **options).model
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "backup"), callbacks=[Interrupt(4)])
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "latest.weights.h5", "swa_state.npz", "training_metadata.json"]
+    history = fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "backup"))
+    assert history.epoch == [4, 5] and history.history["swa_n"] == [2, 3]
+    for mine, theirs in zip(history.model.weights, whole.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+    assert not (tmp_path / "backup").exists()  # deleted once the run completed
+
+
+def test_without_the_epoch_seeds_a_resumed_run_ends_elsewhere(data, tmp_path):
+    """The check above can fail: the same resume without a seed draws other dropout masks and batches."""
+    options = {"num_classes": 4, "epochs": 4, "frozen_epochs": 0, "swa": None, "batch_size": 16, "verbose": 0,
+               "augmentation": False, "mixing": False}
+    keras.utils.set_random_seed(0)
+    whole = fine_tune(base_weights(), data, **options).model
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "b"), callbacks=[Interrupt(2)])
+    resumed = fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "b")).model
+    kernel = "head_output/kernel"
+    assert not np.allclose(resumed.get_layer("head_output").kernel.numpy(), whole.get_layer("head_output").kernel.numpy()), kernel
+
+
+def test_the_model_is_compiled_with_keras_own_loss_and_metric(data):
+    model = fine_tune(base_weights(), data, num_classes=4, epochs=1, **NO_PARTS, seed=0, verbose=0).model
+    assert type(model.loss) is keras.losses.CategoricalCrossentropy
+    assert model.loss.get_config()["label_smoothing"] == 0.1
+
+
 def test_smoothing_in_the_loss_equals_smoothing_before_mixing():
     labels = np.array([0, 2, 1, 3, 3, 0], "int32")
     images = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
@@ -187,6 +283,11 @@ def test_smoothing_in_the_loss_equals_smoothing_before_mixing():
 def test_bad_arguments_are_refused(data, arguments, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         fine_tune(base_weights(), data, **{"num_classes": 4, "verbose": 0, **arguments})
+
+
+def test_a_backup_callback_is_refused_in_favour_of_backup_dir(data, tmp_path):
+    with pytest.raises(ValueError, match="Pass `backup_dir` instead of a BackupAndRestore callback"):
+        fine_tune(base_weights(), data, num_classes=4, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))])
 
 
 def test_bad_models_and_data_are_refused(data):

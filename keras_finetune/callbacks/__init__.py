@@ -1,6 +1,7 @@
-"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA, mixing off."""
+"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA, mixing off, per-epoch seeds."""
 
 from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
+from keras_finetune.callbacks.epoch_seeds import EpochSeeds
 from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
 from keras_finetune.callbacks.lr_schedules import CosineAnnealing, StepLR
 from keras_finetune.callbacks.progressive_unfreezing import ProgressiveUnfreezing
@@ -9,6 +10,7 @@ from keras_finetune.callbacks.swa import SWA
 
 __all__ = [
     "CosineAnnealing",
+    "EpochSeeds",
     "LRFinder",
     "ProgressiveUnfreezing",
     "StepLR",

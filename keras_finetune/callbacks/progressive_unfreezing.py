@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.callbacks._checks import is_int
-from keras_finetune.freezing import _all_layers, _size, unfreeze
+from keras_finetune.freezing import _all_layers, _size, batchnorm_to_freeze, unfreeze
 
 __all__ = ["ProgressiveUnfreezing"]
 
@@ -90,7 +90,9 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     `iterations` and the moments of variables that were already training
     survive. BatchNormalization layers of the base stay frozen, in inference
     mode, unless `freeze_batchnorm=False` (small fine-tuning batches would
-    overwrite their pretrained statistics).
+    overwrite their pretrained statistics); with `"auto"` those still at
+    their initial statistics (never trained) train. The policy is resolved
+    once, here, so a resumed run freezes the same layers.
 
     The trainable state and learning rate follow from the epoch alone, so a
     run resumed with `initial_epoch` or `keras.callbacks.BackupAndRestore`
@@ -117,8 +119,10 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         learning_rates: dict or callable. First epoch of a phase to the
             learning rate set when it starts, or `epoch -> rate`. Defaults to
             `None` (the rate is left alone).
-        freeze_batchnorm: bool. Keep the base's BatchNormalization layers
-            frozen. Defaults to `True`.
+        freeze_batchnorm: bool, `"auto"` or list. Keep the base's
+            BatchNormalization layers frozen: all, none, those with learned
+            statistics, or the ones listed (see `freezing.unfreeze`).
+            Defaults to `True`.
         warmup_steps: int. After a phase that adds trainable variables,
             raise the learning rate linearly over this many steps up to the
             phase's rate: Adam's first updates of newly unfrozen variables are
@@ -155,7 +159,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         base_model: keras.Model,
         schedule: Mapping,
         learning_rates: Mapping | Callable | None = None,
-        freeze_batchnorm: bool = True,
+        freeze_batchnorm: bool | str | list = True,
         warmup_steps: int = 0,
         verbose: int = 0,
     ):
@@ -183,7 +187,8 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         self.base_model = base_model
         self.schedule = dict(schedule)
         self.learning_rates = learning_rates
-        self.freeze_batchnorm = bool(freeze_batchnorm)
+        self.freeze_batchnorm = freeze_batchnorm
+        self._frozen_batchnorm = batchnorm_to_freeze(base_model, freeze_batchnorm)
         self.warmup_steps = int(warmup_steps)
         self.verbose = verbose
         self._applied = None
@@ -229,11 +234,11 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     def _apply(self, index: int) -> None:
         phase = self._phases[index]
         if phase == "all":
-            unfreeze(self.base_model, freeze_batchnorm=self.freeze_batchnorm)
+            unfreeze(self.base_model, freeze_batchnorm=self._frozen_batchnorm)
         elif isinstance(phase, str):
-            unfreeze(self.base_model, from_layer=phase, freeze_batchnorm=self.freeze_batchnorm)
+            unfreeze(self.base_model, from_layer=phase, freeze_batchnorm=self._frozen_batchnorm)
         else:
-            unfreeze(self.base_model, top=phase, freeze_batchnorm=self.freeze_batchnorm)
+            unfreeze(self.base_model, top=phase, freeze_batchnorm=self._frozen_batchnorm)
 
     def _every_phase_variable(self) -> list:
         """Variables of the model trainable in any phase, in model order."""
