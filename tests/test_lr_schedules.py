@@ -66,6 +66,15 @@ def test_resume_with_initial_epoch_takes_the_rate_from_the_epoch(data):
     np.testing.assert_allclose(rates(model, data, [StepLR(step_size=2)], epochs=5, initial_epoch=2), [0.01] * 2 + [0.001], rtol=1e-6)
 
 
+def test_float32_rounding_of_the_rate_is_not_taken_for_a_plateau_reduction(data):
+    """Read back as float32, the rate the schedule set looks changed; counted as a ReduceLROnPlateau step,
+    that drifted every later rate, and a resumed run (whose factor starts at 1 again) set other rates."""
+    whole = rates(compiled(1e-3), data, [CosineAnnealing(t_max=60, warmup_epochs=1)], epochs=60)
+    np.testing.assert_allclose(whole, [1e-3 * 0.5] + [cosine(e, 1e-3, 60, 0.0) for e in range(59)], rtol=1e-6)
+    resumed = rates(compiled(1e-3), data, [CosineAnnealing(t_max=60, warmup_epochs=1)], epochs=60, initial_epoch=40)
+    assert resumed == whole[40:]  # bit for bit
+
+
 class RateInUse(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()

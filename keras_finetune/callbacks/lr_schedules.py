@@ -73,8 +73,12 @@ class _EpochSchedule(keras.callbacks.Callback):
             self._plateau = 1.0
         elif self._last_set:
             # Anything that changed the rate since we set it (ReduceLROnPlateau)
-            # scales the schedule from now on.
-            self._plateau *= _optimizer.current_learning_rate(optimizer) / self._last_set
+            # scales the schedule from now on. The rate reads back rounded to
+            # float32: that rounding is no change (counted as one, it drifted the
+            # factor from 1, and a resumed run, whose factor restarts at 1, ended elsewhere).
+            current = _optimizer.current_learning_rate(optimizer)
+            if not math.isclose(current, self._last_set, rel_tol=1e-6):
+                self._plateau *= current / self._last_set
         self._last_base = base
         self._last_set = self.rate(epoch, base) * self._plateau
         _optimizer.set_learning_rate(optimizer, self._last_set)
