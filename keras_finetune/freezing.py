@@ -98,8 +98,8 @@ def untrained_batchnorm(model_or_layer: keras.layers.Layer) -> list:
         for layer in batchnorm_layers(model_or_layer)
         if not layer.built
         or (
-            np.all(keras.ops.convert_to_numpy(layer.moving_mean) == 0.0)
-            and np.all(keras.ops.convert_to_numpy(layer.moving_variance) == 1.0)
+            np.all(layer.moving_mean.numpy() == 0.0)
+            and np.all(layer.moving_variance.numpy() == 1.0)
         )
     ]
 

@@ -43,9 +43,15 @@ def _holders(optimizer) -> list:
     return ([default] if default is not None else []) + rest
 
 
+def _rate(holder) -> float:
+    # `.numpy()`: numpy 2 warns when it converts a Keras variable itself (its __array__ has no `copy`).
+    rate = holder.learning_rate
+    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
+
+
 def current_learning_rate(optimizer) -> float:
     """The rate the next step uses (a MultiOptimizer's default optimizer's)."""
-    return float(keras.ops.convert_to_numpy(_holders(optimizer)[0].learning_rate))
+    return _rate(_holders(optimizer)[0])
 
 
 def check_settable(optimizer, caller: str) -> None:
@@ -69,7 +75,7 @@ def set_learning_rate(optimizer, value: float) -> None:
     if optimizer not in _RATIOS:
         first = current_learning_rate(optimizer)
         _RATIOS[optimizer] = [
-            float(keras.ops.convert_to_numpy(h.learning_rate)) / first if first else 1.0
+            _rate(h) / first if first else 1.0
             for h in holders
         ]
     for holder, ratio in zip(holders, _RATIOS[optimizer]):
