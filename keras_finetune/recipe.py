@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 
 import keras
 import tensorflow as tf
 
-from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing
+from keras_finetune.callbacks import SWA, AtomicBackup, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing
 from keras_finetune.callbacks._checks import check_count, check_epoch, check_positive, epoch_of, is_int
-from keras_finetune.callbacks.epoch_seeds import reseed, seed_states
+from keras_finetune.callbacks.backup import resumed_epoch
+from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.distribute import get_strategy
 from keras_finetune.freezing import batchnorm_layers, untrained_batchnorm
 from keras_finetune.heads import build_classifier
@@ -70,15 +69,8 @@ def _epoch_source(data, batch_size: int, seed):
         arrays = tuple(tf.convert_to_tensor(array) for array in data)
         count = int(arrays[0].shape[0])
 
-        def shuffled(epoch):
-            # The order of epoch e depends on (seed, e) alone, so a resumed run sees what an uninterrupted one saw.
-            if seed is None:
-                order = tf.random.shuffle(tf.range(count))
-            else:
-                order = tf.random.experimental.stateless_shuffle(
-                    tf.range(count), seed=tf.stack([tf.constant(seed, "int64"), tf.cast(epoch, "int64")])
-                )
-            indices = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        def shuffled(epoch):  # epoch e's order depends on (seed, e) alone, as a resumed run needs
+            indices = tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch)).batch(batch_size)
             return indices.map(lambda index: tuple(tf.gather(array, index) for array in arrays))
 
         return shuffled
@@ -162,28 +154,26 @@ def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.M
     return (*_in_scope(model, base_model, strategy), classes)
 
 
-def _warn_untrained(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> None:
-    """Say so when "auto" lets every BatchNorm layer of the base train: the base looks untrained."""
-    layers = batchnorm_layers(base_model)
-    if layers and len(untrained_batchnorm(base_model)) == len(layers) and (frozen_epochs or unfreeze_lr_factor != 1):
+# PyTorch's default (its momentum=0.1): moving statistics that follow a from-scratch layer within an epoch or two.
+_UNTRAINED_MOMENTUM = 0.9
+
+
+def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> None:
+    """BatchNorm layers that "auto" lets train because they never saw data: their moving statistics
+    follow at momentum 0.9 at most (keras.applications use 0.99 and 0.999, which leave them near their
+    initial values for hundreds of steps, so every validation until then is of a broken model); and a
+    warning when the whole base looks untrained."""
+    untrained = untrained_batchnorm(base_model)
+    for layer in untrained:
+        layer.momentum = min(layer.momentum, _UNTRAINED_MOMENTUM)
+    everything = len(untrained) == len(batchnorm_layers(base_model))
+    if untrained and everything and (frozen_epochs or unfreeze_lr_factor != 1):
         warnings.warn(
-            f"The {len(layers)} BatchNorm layers of {base_model.name!r} hold their initial statistics: the base "
+            f"The {len(untrained)} BatchNorm layers of {base_model.name!r} hold their initial statistics: the base "
             "looks untrained, so they train (freeze_batchnorm='auto'). A frozen phase and a lower rate for the "
             "base are meant for pretrained weights; to train from scratch pass frozen_epochs=0, unfreeze_lr_factor=1.",
             stacklevel=3,
         )
-
-
-def _resumed_epoch(backup_dir: str | None) -> int:
-    """The epoch `BackupAndRestore(backup_dir)` will resume at (0 without a backup)."""
-    path = None if backup_dir is None else os.path.join(backup_dir, "training_metadata.json")
-    if path is None or not os.path.isfile(path):
-        return 0
-    try:
-        with open(path) as file:
-            return int(json.load(file)["epoch"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"The backup in {backup_dir!r} is unreadable ({error}); delete it to start over") from None
 
 
 def _training_batches(source, classes: int, channels: int, epochs: int, start: int, augmentation, mixing, seed):
@@ -266,9 +256,10 @@ def fine_tune(
        whole schedule (epoch -> phase), each phase `unfreeze_lr_factor` times
        the rate of the one before. BatchNorm layers with learned statistics
        stay frozen; those still at their initial statistics (a base that was
-       never trained) train (`freeze_batchnorm="auto"`, with a warning that
-       says how to train such a base from scratch). The optimizer keeps its
-       state across phases.
+       never trained) train, their moving statistics at momentum 0.9 at most
+       (`freeze_batchnorm="auto"`, with a warning that says how to train
+       such a base from scratch). The optimizer keeps its state across
+       phases.
     3. `CosineAnnealing` over all `epochs` with `warmup_epochs` of linear
        warm-up, on top of each phase's rate (`schedule=None` turns it off; a
        Keras callback, e.g. `StepLR` or `ReduceLROnPlateau`, replaces it).
@@ -287,8 +278,9 @@ def fine_tune(
        reloads with plain `keras.models.load_model`) and fit under `strategy`
        (default `get_strategy()`): when `model` was built outside its scope,
        a copy is made inside it.
-    8. With `backup_dir`, `keras.callbacks.BackupAndRestore` and SWA's state
-       there: a run interrupted at any point and started again with the same
+    8. With `backup_dir`, `AtomicBackup` (Keras's BackupAndRestore, whole
+       whenever the process dies) and SWA's state there: a run interrupted
+       at any point and started again with the same
        arguments resumes at the last completed epoch and, with a `seed`, ends
        with the weights of an uninterrupted run (dropout, shuffle,
        augmentation and mixing draw from `(seed, epoch)`, see `EpochSeeds`).
@@ -394,7 +386,7 @@ def fine_tune(
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, strategy)
     if freeze_batchnorm == "auto":
-        _warn_untrained(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
+        _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
     unfreezing = ProgressiveUnfreezing(
         base_model,
         *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
@@ -402,7 +394,7 @@ def fine_tune(
     )
     train, steps, bn_data = _training_batches(
         _epoch_source(train_data, batch_size, seed), classes, model.input_shape[-1], epochs,
-        _resumed_epoch(backup_dir), augmentation, mixing, seed,
+        resumed_epoch(backup_dir), augmentation, mixing, seed,
     )
     if validation_data is not None:
         validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
@@ -414,7 +406,7 @@ def fine_tune(
         recipe.append(schedule)
     if swa is not None:
         recipe.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data, backup_dir=backup_dir))
-    backup = [] if backup_dir is None else [keras.callbacks.BackupAndRestore(backup_dir)]
+    backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
     with strategy.scope():
         if isinstance(optimizer, str):

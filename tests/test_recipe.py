@@ -184,6 +184,7 @@ def test_an_untrained_base_trains_its_batchnorm_and_says_so(data):
     moving = {f"bn{i}/{w}" for i in range(2) for w in ("moving_mean", "moving_variance", "gamma", "beta")}
     assert moving <= changed(snapshot(make_base()), untrained)  # they trained in the unfrozen epoch
     assert all(layer.trainable for layer in batchnorm_layers(untrained))
+    assert [layer.momentum for layer in batchnorm_layers(untrained)] == [0.9, 0.9]  # from Keras's 0.99
     base_trainable = sum(v.numpy().size for v in untrained.trainable_weights)  # every weight but the moving statistics
     assert history.history["trainable_params"][1] == history.history["trainable_params"][0] + base_trainable
 
@@ -199,6 +200,7 @@ def test_a_trained_base_keeps_its_batchnorm_frozen_without_a_warning(data, recwa
     fine_tune(base, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, seed=0, verbose=0)
     assert not [w for w in recwarn if "initial statistics" in str(w.message)]
     assert not any(layer.trainable for layer in batchnorm_layers(base))
+    assert [layer.momentum for layer in batchnorm_layers(base)] == [0.99, 0.99]
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -234,7 +236,7 @@ def test_a_run_resumed_from_backup_dir_ends_with_the_uninterrupted_weights(data,
     with pytest.raises(RuntimeError, match="interrupted"):
         fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "backup"), callbacks=[Interrupt(4)])
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
-        "latest.weights.h5", "swa_state.npz", "training_metadata.json"]
+        "epoch-4.weights.h5", "swa_state.npz", "training_metadata.json"]
     history = fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "backup"))
     assert history.epoch == [4, 5] and history.history["swa_n"] == [2, 3]
     for mine, theirs in zip(history.model.weights, whole.weights):

@@ -1,5 +1,6 @@
-"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA, mixing off, per-epoch seeds."""
+"""Callbacks for `model.fit`: unfreezing phases, learning-rate schedules, LR range test, SWA, mixing off, per-epoch seeds, atomic backups."""
 
+from keras_finetune.callbacks.backup import AtomicBackup
 from keras_finetune.callbacks.batchnorm_statistics import update_batchnorm
 from keras_finetune.callbacks.epoch_seeds import EpochSeeds
 from keras_finetune.callbacks.lr_finder import LRFinder, lr_find
@@ -9,6 +10,7 @@ from keras_finetune.callbacks.stop_mixing import StopMixing
 from keras_finetune.callbacks.swa import SWA
 
 __all__ = [
+    "AtomicBackup",
     "CosineAnnealing",
     "EpochSeeds",
     "LRFinder",

@@ -14,11 +14,12 @@ resumed there.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_finetune.callbacks._checks import is_int
 
-__all__ = ["EpochSeeds", "reseed", "seed_states"]
+__all__ = ["EpochSeeds", "epoch_order", "reseed", "seed_states"]
 
 # Draws a layer may take in one epoch before its counter reaches the next epoch's start.
 _DRAWS_PER_EPOCH = 2**20
@@ -46,6 +47,15 @@ def reseed(states: list, seed: int, epoch) -> None:
         counter = ops.reshape(ops.cast(epoch, state.dtype) * _DRAWS_PER_EPOCH, (1,))
         first = ops.convert_to_tensor([(seed + index) % 2**32], dtype=state.dtype)
         state.assign(ops.concatenate([first, counter]))
+
+
+def epoch_order(count: int, seed: int | None, epoch):
+    """The indices `0..count-1` in epoch `epoch`'s order: a permutation of `(seed, epoch)` alone (random without a seed)."""
+    if seed is None:
+        return tf.random.shuffle(tf.range(count))
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count), seed=tf.stack([tf.constant(seed, "int64"), tf.cast(epoch, "int64")])
+    )
 
 
 class EpochSeeds(keras.callbacks.Callback):
