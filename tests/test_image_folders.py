@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from conftest import write_image_folder as write_folder
 
-from keras_finetune.image_folders import class_folders, load_image_folder, undecodable_images
+from keras_finetune.image_folders import (
+    class_folders,
+    decode_image,
+    image_files,
+    load_image_folder,
+    read_image_folder,
+    undecodable_images,
+)
 
 
 def test_classes_are_the_subfolders_with_images(tmp_path):
@@ -40,10 +47,28 @@ def test_a_split_holds_out_the_fraction_and_labels_follow_the_classes(tmp_path):
     np.testing.assert_array_equal(labels, (images.mean(axis=(1, 2, 3)) > 120).astype(int))
 
 
-def test_validation_folder_needs_the_same_classes(tmp_path):
+def test_validation_folder_needs_the_training_classes(tmp_path):
     write_folder(tmp_path / "val", classes=("cat", "fox"))
-    with pytest.raises(ValueError, match=r"--val must have the training folder's classes \['cat', 'dog'\]. Received: .* \['cat', 'fox'\]"):
+    with pytest.raises(ValueError, match=r"--val must hold subfolders of the classes \['cat', 'dog'\]. Received: .* \['cat', 'fox'\]"):
         load_image_folder(str(tmp_path / "val"), 12, class_names=["cat", "dog"], argument="--val")
+
+
+def test_a_folder_with_some_of_the_classes_gets_their_ids_by_name(tmp_path):
+    write_folder(tmp_path / "val", classes=("dog", "owl"), per_class=2)
+    folder = read_image_folder(str(tmp_path / "val"), "--data", ["cat", "dog", "owl"])
+    assert folder.classes == ["cat", "dog", "owl"]
+    np.testing.assert_array_equal(folder.labels, [1, 1, 2, 2])
+    assert [p.split("/")[-2] for p in folder.paths] == ["dog", "dog", "owl", "owl"]
+
+
+def test_the_split_holds_out_the_fraction_of_each_class_and_depends_on_the_seed_alone(tmp_path):
+    write_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
+    write_folder(tmp_path / "data" / "c", classes=("more",), per_class=10)  # 20 images of c
+    folder = read_image_folder(str(tmp_path / "data"))
+    kept, held = folder.split(0.2, seed=3)
+    assert np.bincount(held.labels).tolist() == [2, 2, 4] and np.bincount(kept.labels).tolist() == [8, 8, 16]
+    assert sorted(kept.paths + held.paths) == sorted(folder.paths)
+    assert folder.split(0.2, seed=3)[1].paths == held.paths and folder.split(0.2, seed=4)[1].paths != held.paths
 
 
 def test_a_folder_too_small_to_split_is_refused(tmp_path):
@@ -52,7 +77,32 @@ def test_a_folder_too_small_to_split_is_refused(tmp_path):
         load_image_folder(folder, 12, validation_split=0.2)
 
 
-def test_undecodable_files_are_found(tmp_path):
-    folder = write_folder(tmp_path / "data")
+def test_undecodable_files_are_found_in_a_folder_or_a_list(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=20)
     (tmp_path / "data" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
-    assert undecodable_images(folder) == [str(tmp_path / "data" / "dog" / "broken.png")]
+    (tmp_path / "data" / "cat" / "empty.jpg").write_bytes(b"")
+    broken = [str(tmp_path / "data" / "cat" / "empty.jpg"), str(tmp_path / "data" / "dog" / "broken.png")]
+    assert undecodable_images(folder) == broken
+    assert undecodable_images(read_image_folder(folder).paths) == broken
+
+
+def test_images_decode_as_keras_loads_them(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=3, size=20)
+    mine = np.stack([decode_image(path, 12, 3).numpy() for path in read_image_folder(folder).paths])
+    theirs = keras.utils.image_dataset_from_directory(folder, image_size=(12, 12), shuffle=False, verbose=False)
+    np.testing.assert_array_equal(mine, np.concatenate([x.numpy() for x, _ in theirs]))
+
+
+def test_image_files_expands_folders_and_refuses_missing_paths(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=2)
+    single = str(tmp_path / "data" / "cat" / "0.png")
+    assert image_files([single, str(tmp_path / "data" / "dog")]) == [
+        single, str(tmp_path / "data" / "dog" / "0.png"), str(tmp_path / "data" / "dog" / "1.png")]
+    assert len(image_files([folder])) == 4
+    with pytest.raises(ValueError, match=r"IMAGE must be an image file or a folder. Received: '.*nope.png' \(no such file\)"):
+        image_files([str(tmp_path / "nope.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="IMAGE holds no image"):
+        image_files([str(tmp_path / "empty")])
