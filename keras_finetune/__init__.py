@@ -1,7 +1,9 @@
 """keras_finetune: the fine-tuning playbook as parts that plug into Keras 3.
 
-Submodules and names load on first use, so `keras-finetune --help` answers
-without importing TensorFlow.
+Importing the package registers its Keras classes (losses, layers, models)
+with Keras's serialization, so `import keras_finetune` is all a `.keras`
+file that holds one of them needs to reload. Other submodules and names load
+on first use.
 """
 
 import importlib
@@ -24,6 +26,11 @@ _SUBMODULES = (
 )
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
+
+
+# The modules whose classes a saved model may name: importing them registers those classes with Keras.
+for _module in ("layers", "losses", "models"):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def __getattr__(name: str):

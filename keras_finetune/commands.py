@@ -1,50 +1,52 @@
-"""What `keras-finetune train` and `keras-finetune distill` do: an image folder in, a model, its epoch log and a report out."""
+"""What the `keras-finetune` commands do: train, distill, evaluate and predict on image folders.
+
+`train` and `distill` write, into `--out`, the model (`model.keras` or
+`student.keras`, plain Keras: it reloads with `keras.models.load_model`
+alone), `classes.json` (the class names, in the order of the model's
+outputs), `epochs.csv` and `report.png`; `train` also keeps `run.json` (its
+arguments) and, while it runs, a `backup/` folder that `--resume` continues
+from. `evaluate` and `predict` find `classes.json` beside the model.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import difflib
+import importlib
+import json
+import math
 import os
-from contextlib import contextmanager
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_finetune.backbones import image_classifier, load_keras_model
+from keras_finetune.backbones import APPLICATIONS, image_classifier, load_keras_model
 from keras_finetune.callbacks import CosineAnnealing
+from keras_finetune.callbacks.backup import resumed_epoch, write_json
+from keras_finetune.callbacks.epoch_seeds import epoch_order
 from keras_finetune.distribute import get_strategy
-from keras_finetune.image_folders import class_folders, load_image_folder, undecodable_images
+from keras_finetune.freezing import batchnorm_layers, untrained_batchnorm
+from keras_finetune.image_folders import (
+    COLOR_MODES,
+    ImageFolder,
+    image_batches,
+    image_files,
+    read_image_folder,
+    undecodable_images,
+)
 from keras_finetune.models import Distiller
 from keras_finetune.models.distiller import _ends_in_softmax
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
 
-__all__ = ["distill", "train"]
+__all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "train"]
 
-_COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
-
-
-def _folders(data, val, val_split, image_size, batch_size, channels, seed):
-    """Training and validation batches: `val` when given, else `val_split` of `data` held out."""
-    if channels not in _COLOR_MODES:
-        raise ValueError(f"The model must take 1, 3 or 4 channels. Received: a model taking {channels}")
-    options = {"image_size": image_size, "batch_size": batch_size, "color_mode": _COLOR_MODES[channels], "seed": seed}
-    train, held_out, classes = load_image_folder(data, validation_split=None if val else val_split, **options)
-    if val:
-        held_out = load_image_folder(val, class_names=classes, argument="--val", **options)[0]
-    return train, held_out
-
-
-@contextmanager
-def _decoding(*folders):
-    """Turn TensorFlow's decode failure, raised mid-training without a file name, into a ValueError naming the file."""
-    try:
-        yield
-    except tf.errors.InvalidArgumentError:
-        bad = [path for folder in folders if folder for path in undecodable_images(folder)]
-        if not bad:
-            raise
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(f"TensorFlow cannot decode the image {bad[0]}{more}; remove or convert it") from None
+CLASSES_FILE = "classes.json"
+RUN_FILE = "run.json"
+_BACKUP = "backup"
 
 
 def _input_size(model: keras.Model, image_size: int | None, argument: str) -> int:
@@ -56,31 +58,155 @@ def _input_size(model: keras.Model, image_size: int | None, argument: str) -> in
     return size[0]
 
 
-def _accuracy(model: keras.Model, batches) -> float:
-    hits = total = 0
-    for images, labels in batches:
-        predicted = np.argmax(keras.ops.convert_to_numpy(model(images, training=False)), axis=-1)
-        hits += int(np.sum(predicted == labels.numpy()))
-        total += len(predicted)
-    return hits / total
+def _channels(model: keras.Model, argument: str) -> int:
+    channels = model.input_shape[-1]
+    if channels not in COLOR_MODES:
+        raise ValueError(f"{argument} must take 1, 3 or 4 channels. Received: a model taking {channels}")
+    return channels
 
 
-def _write(model: keras.Model, history, out: str, name: str, title: str, print_fn) -> None:
+def _check_images(paths: list[str]) -> None:
+    """Every image decodes, checked in parallel before the first epoch (TensorFlow's mid-epoch error names no file)."""
+    bad = undecodable_images(paths)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"TensorFlow cannot decode the image {bad[0]}{more}; remove or convert it")
+
+
+def _held_out(folder: ImageFolder, val: str | None, val_split: float, seed: int) -> tuple[ImageFolder, ImageFolder]:
+    if val:
+        return folder, read_image_folder(val, "--val", folder.classes)
+    return folder.split(val_split, seed)
+
+
+def _epoch_batches(folder: ImageFolder, size: int, channels: int, batch_size: int, seed: int):
+    """`epoch -> batches` in an order of `(seed, epoch)` alone, so a resumed run reads what an uninterrupted one did."""
+
+    def batches(epoch):
+        order = epoch_order(len(folder.paths), seed, epoch)
+        return image_batches(folder.paths, folder.labels, size, channels, batch_size, order)
+
+    return batches
+
+
+def _probabilities(model: keras.Model, batches) -> np.ndarray:
+    outputs = np.concatenate([keras.ops.convert_to_numpy(model(images, training=False)) for images in batches])
+    if not _ends_in_softmax(model):
+        outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
+    return outputs
+
+
+def _accuracy(model: keras.Model, folder: ImageFolder, size: int, channels: int, batch_size: int) -> float:
+    batches = image_batches(folder.paths, None, size, channels, batch_size)
+    return float(np.mean(np.argmax(_probabilities(model, batches), axis=-1) == folder.labels))
+
+
+class _EpochLines(keras.callbacks.Callback):
+    """One line per epoch, integers as integers (Keras's bar prints `phase: 0.0000e+00`)."""
+
+    def __init__(self, epochs: int, print_fn):
+        super().__init__()
+        self.epochs, self.print_fn = epochs, print_fn
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [f"{k} {v:,}" if isinstance(v, (int, np.integer)) else f"{k} {v:.4g}" for k, v in (logs or {}).items()]
+        seconds = time.perf_counter() - self.start
+        self.print_fn("  ".join([f"epoch {epoch + 1}/{self.epochs}", *values, f"({seconds:.1f} s)"]))
+
+
+def _csv_logger(path: str, start: int) -> keras.callbacks.CSVLogger:
+    """A CSVLogger that, on a resumed run, keeps the rows of the epochs before `start` and appends."""
+    if start and os.path.isfile(path):
+        with open(path, newline="") as file:
+            rows = list(csv.reader(file))
+        with open(path, "w", newline="") as file:
+            csv.writer(file).writerows([rows[0], *(row for row in rows[1:] if int(row[0]) < start)])
+    return keras.callbacks.CSVLogger(path, append=bool(start))
+
+
+def _save(model: keras.Model, history, out: str, name: str, title: str, print_fn) -> None:
     path = os.path.join(out, f"{name}.keras")
-    model.save(path)
-    print_fn(f"Saved {path}, the epoch log {os.path.join(out, 'epochs.csv')}")
+    partial = os.path.join(out, f"{name}.partial.keras")
+    model.save(partial)  # then renamed: a failed or interrupted save never leaves half a model under the name
+    os.replace(partial, path)
+    print_fn(f"Saved {path} (classes in {os.path.join(out, CLASSES_FILE)}), the epoch log {os.path.join(out, 'epochs.csv')}")
     try:
         print_fn(f"Report: {plot_history(history, os.path.join(out, 'report.png'), title)}")
     except ImportError as error:
         print_fn(f"No report: {error}")
 
 
-def _output_size(model: keras.Model, classes: list[str], argument: str) -> None:
-    if model.output_shape[-1] != len(classes):
+@contextlib.contextmanager
+def _precision(mixed: bool, print_fn):
+    """Keras's global dtype policy for the block: mixed_float16 on a GPU, mixed_bfloat16 elsewhere (TPU, CPU)."""
+    if not mixed:
+        yield
+        return
+    policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    print_fn(f"Mixed precision: {policy}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _check_unfreeze(unfreeze, base: keras.Model) -> None:
+    """`--unfreeze` names a layer of the base or counts no more than its layers, checked before any data loads."""
+    names = [layer.name for layer in base.layers]
+    if isinstance(unfreeze, int) and unfreeze > len(names):
+        raise ValueError(f"--unfreeze counts layers from the top of {base.name}, which has {len(names)}. Received: {unfreeze}")
+    if isinstance(unfreeze, str) and unfreeze != "all" and unfreeze not in names:
+        close = difflib.get_close_matches(unfreeze, names, n=5, cutoff=0.6)
+        known = f"close names: {', '.join(close)}" if close else f"its layers run from {names[0]} to {names[-1]}"
+        raise ValueError(f"--unfreeze must name a layer of {base.name} ({known}). Received: {unfreeze!r}")
+
+
+def _untrained(base: keras.Model, backbone: str, weights) -> bool:
+    """No pretrained weights: a keras.applications base without them, or one whose BatchNorm never saw data."""
+    layers = batchnorm_layers(base)
+    return (weights is None and backbone in APPLICATIONS) or (bool(layers) and len(untrained_batchnorm(base)) == len(layers))
+
+
+def _check_tensorboard() -> None:
+    try:
+        importlib.import_module("tensorboard")
+    except ImportError:
         raise ValueError(
-            f"{argument} must output one score per class of --data ({len(classes)}: {', '.join(classes)}). "
-            f"Received: output shape {model.output_shape}"
-        )
+            '--tensorboard needs the tensorboard package (pip install tensorboard, or "keras-finetune[tensorboard]")'
+        ) from None
+
+
+def _check_backup(out: str, resume: bool) -> None:
+    interrupted = os.path.isfile(os.path.join(out, _BACKUP, "training_metadata.json"))
+    if resume and not interrupted:
+        raise ValueError(f"--resume found no interrupted run in {out!r} (no backup: the run completed or never started)")
+    if not resume and interrupted:
+        raise ValueError(f"--out {out!r} holds an interrupted run: continue it with --resume, or give another --out")
+
+
+def _train_callbacks(out: str, epochs: int, tensorboard: bool, early_stopping: int | None, print_fn) -> list:
+    """The epoch log (kept up to the resumed epoch), one printed line per epoch, TensorBoard, early stopping."""
+    start = resumed_epoch(os.path.join(out, _BACKUP))
+    callbacks = [_csv_logger(os.path.join(out, "epochs.csv"), start), _EpochLines(epochs, print_fn)]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")))
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping))
+    return callbacks
+
+
+def resume_arguments(out: str) -> dict:
+    """The arguments `train` was started with in `out` (its `run.json`)."""
+    path = os.path.join(out, RUN_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume needs the {RUN_FILE} of the interrupted run in --out. Received: {out!r} (none there)")
+    with open(path) as file:
+        return json.load(file)
 
 
 def train(
@@ -91,44 +217,109 @@ def train(
     weights: str | None = "imagenet",
     image_size: int | None = None,
     epochs: int = 10,
-    frozen_epochs: int | float = 0.25,
+    frozen_epochs: int | float | None = None,
     unfreeze="all",
+    unfreeze_lr_factor: float | None = None,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     label_smoothing: float = 0.1,
     augmentation: bool = True,
     mixing: bool = True,
     swa: int | float | None = 0.75,
+    early_stopping: int | None = None,
+    mixed_precision: bool = False,
+    tensorboard: bool = False,
     seed: int = 0,
     out: str = "keras-finetune-out",
-    verbose="auto",
+    resume: bool = False,
     print_fn=print,
 ) -> float:
-    """Fine-tune `backbone` on the image folder `data` with `fine_tune`; write `model.keras`,
+    """Fine-tune `backbone` on the image folder `data` with `fine_tune`; write the model, its classes,
     `epochs.csv` and `report.png` into `out`. Returns the held-out accuracy of the saved model.
 
+    A base without pretrained weights (`weights=None`, or BatchNorm layers
+    that never saw data) trains whole from the first epoch at one rate, its
+    BatchNorm included: `frozen_epochs` defaults to 0 and
+    `unfreeze_lr_factor` to 1 for it (0.25 and 0.1 for a pretrained one).
+    Every epoch is backed up in `out/backup`; `resume=True` continues an
+    interrupted run from there and ends with the uninterrupted run's weights.
+
     Raises:
-        ValueError: bad input (folders, backbone, image size, images that do not decode).
+        ValueError: bad input (folders, backbone, image size, `unfreeze`,
+            images that do not decode, a backup present or missing).
         ConnectionError: the ImageNet weights could not be downloaded.
     """
-    classes = class_folders(data)
+    arguments = {name: value for name, value in locals().items() if name not in ("out", "resume", "print_fn")}
+    folder = read_image_folder(data)
+    _check_backup(out, resume)
+    if tensorboard:
+        _check_tensorboard()
     keras.utils.set_random_seed(seed)
-    model, base = image_classifier(backbone, len(classes), image_size, weights)
-    image_size = _input_size(model, image_size, "--backbone")
-    train_batches, held_out = _folders(data, val, val_split, image_size, batch_size, model.input_shape[-1], seed)
-    print_fn(f"Fine-tuning {base.name} ({base.count_params():,} weights) on {len(classes)} classes: {', '.join(classes)}")
-    os.makedirs(out, exist_ok=True)
-    with _decoding(data, val):
-        history = fine_tune(
-            model, train_batches, held_out, base_model=base, epochs=epochs, frozen_epochs=frozen_epochs, unfreeze=unfreeze,
-            learning_rate=learning_rate, augmentation=augmentation, mixing=mixing,
-            label_smoothing=label_smoothing, swa=swa, seed=seed, verbose=verbose,
-            callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv"))],
+    with _precision(mixed_precision, print_fn):
+        model, base = image_classifier(backbone, len(folder.classes), image_size, weights)
+        size, channels = _input_size(model, image_size, "--backbone"), _channels(model, "--backbone")
+        _check_unfreeze(unfreeze, base)
+        pretrained = not _untrained(base, backbone, weights)
+        kept, held_out = _held_out(folder, val, val_split, seed)
+        _check_images(kept.paths + held_out.paths)
+        print_fn(
+            f"Fine-tuning {base.name} ({base.count_params():,} weights"
+            f"{'' if pretrained else ', untrained: the whole network trains from the first epoch'}) "
+            f"on {len(kept.paths)} images of {len(folder.classes)} classes: {', '.join(folder.classes)}; "
+            f"{len(held_out.paths)} held out"
         )
-        accuracy = _accuracy(history.model, held_out)
-    print_fn(f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}")
-    _write(history.model, history, out, "model", f"fine_tune {base.name} on {os.path.basename(os.path.abspath(data))}", print_fn)
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, RUN_FILE), arguments)
+        write_json(os.path.join(out, CLASSES_FILE), folder.classes)
+        backup = os.path.join(out, _BACKUP)
+        history = fine_tune(
+            model, _epoch_batches(kept, size, channels, batch_size, seed),
+            image_batches(held_out.paths, held_out.labels, size, channels, batch_size), base_model=base,
+            epochs=epochs, frozen_epochs=(0.25 if pretrained else 0) if frozen_epochs is None else frozen_epochs,
+            unfreeze=unfreeze, learning_rate=learning_rate,
+            unfreeze_lr_factor=(0.1 if pretrained else 1.0) if unfreeze_lr_factor is None else unfreeze_lr_factor,
+            augmentation=augmentation, mixing=mixing, label_smoothing=label_smoothing, swa=swa, seed=seed,
+            backup_dir=backup, callbacks=_train_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
+        )
+        if len(history.epoch) and history.epoch[-1] < epochs - 1:
+            print_fn(f"Stopped early after epoch {history.epoch[-1] + 1}: val_loss did not improve for {early_stopping} epochs")
+        accuracy = _accuracy(history.model, held_out, size, channels, batch_size)
+        print_fn(f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}")
+        _save(history.model, history, out, "model", f"fine_tune {base.name} on {os.path.basename(os.path.abspath(data))}", print_fn)
     return accuracy
+
+
+def _output_size(model: keras.Model, classes: list[str], argument: str) -> None:
+    if model.output_shape[-1] != len(classes):
+        raise ValueError(
+            f"{argument} must output one score per class of --data ({len(classes)}: {', '.join(classes)}). "
+            f"Received: output shape {model.output_shape}"
+        )
+
+
+def model_classes(path: str, argument: str = "--model") -> list[str] | None:
+    """The class names in `classes.json` beside the model file, or None when there is none."""
+    file = os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file) as handle:
+        classes = json.load(handle)
+    if not (isinstance(classes, list) and all(isinstance(name, str) for name in classes)):
+        raise ValueError(f"{file} must hold the list of class names beside {argument}. Received: {classes!r}")
+    return classes
+
+
+def _loaded(path: str, argument: str) -> tuple[keras.Model, list[str]]:
+    """The model and its class names, which must be one per output."""
+    model = load_keras_model(path, argument)
+    classes = model_classes(path, argument)
+    if classes is None:
+        raise ValueError(
+            f"{argument} needs its class names in {CLASSES_FILE} beside it (train and distill write it there). "
+            f"Received: {path!r}"
+        )
+    _output_size(model, classes, argument)
+    return model, classes
 
 
 def distill(
@@ -146,33 +337,29 @@ def distill(
     temperature: float = 3.0,
     seed: int = 0,
     out: str = "keras-finetune-out",
-    verbose="auto",
     print_fn=print,
 ) -> float:
     """Distil the `.keras` classifier `teacher` into `student` (a `keras.applications` name,
     given a dropout head, or a `.keras` classifier) on the image folder `data` with a `Distiller`;
-    write `student.keras`, `epochs.csv` and `report.png` into `out`. Returns the student's held-out accuracy.
+    write `student.keras`, `classes.json`, `epochs.csv` and `report.png` into `out`. Returns the
+    student's held-out accuracy.
 
     Raises:
-        ValueError: bad input (folders, models, image size, images that do not decode).
+        ValueError: bad input (folders, models, classes, image size, images that do not decode).
         ConnectionError: the student's ImageNet weights could not be downloaded.
     """
-    classes = class_folders(data)
+    folder = read_image_folder(data)
     keras.utils.set_random_seed(seed)
     with get_strategy().scope():
         teacher_model = load_keras_model(teacher, "--teacher")
-        _output_size(teacher_model, classes, "--teacher")
-        image_size = _input_size(teacher_model, image_size, "--teacher")
-        if student.endswith(".keras"):
-            student_model = load_keras_model(student, "--student")
-            if _input_size(student_model, image_size, "--student") != image_size:
-                raise ValueError(
-                    f"--student must take the teacher's {image_size}x{image_size} images. "
-                    f"Received: input shape {student_model.input_shape}"
-                )
-        else:
-            student_model, _ = image_classifier(student, len(classes), image_size, student_weights)
-        _output_size(student_model, classes, "--student")
+        _output_size(teacher_model, folder.classes, "--teacher")
+        if model_classes(teacher, "--teacher") not in (None, folder.classes):
+            raise ValueError(
+                f"--data must have the teacher's classes {model_classes(teacher, '--teacher')}. Received: {folder.classes}"
+            )
+        size, channels = _input_size(teacher_model, image_size, "--teacher"), _channels(teacher_model, "--teacher")
+        student_model = _student(student, student_weights, len(folder.classes), size)
+        _output_size(student_model, folder.classes, "--student")
         distiller = Distiller(student_model, teacher_model)
         distiller.compile(
             keras.optimizers.Adam(learning_rate),
@@ -181,20 +368,91 @@ def distill(
             alpha=alpha,
             temperature=temperature,
         )
-    train_batches, held_out = _folders(data, val, val_split, image_size, batch_size, teacher_model.input_shape[-1], seed)
+    kept, held_out = _held_out(folder, val, val_split, seed)
+    _check_images(kept.paths + held_out.paths)
     print_fn(
         f"Distilling {teacher_model.name} ({teacher_model.count_params():,} weights) into "
-        f"{student_model.name} ({student_model.count_params():,} weights) on {len(classes)} classes"
+        f"{student_model.name} ({student_model.count_params():,} weights) on {len(folder.classes)} classes"
     )
     os.makedirs(out, exist_ok=True)
-    with _decoding(data, val):
-        history = distiller.fit(
-            train_batches.prefetch(tf.data.AUTOTUNE), validation_data=held_out, epochs=epochs, verbose=verbose,
-            shuffle=False,  # image_dataset_from_directory shuffles; Keras would only warn that it cannot
-            callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
-                       keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv"))],
-        )
-        accuracy = _accuracy(student_model, held_out)
-    print_fn(f"Held-out accuracy of the student: {accuracy:.1%} (the teacher: {_accuracy(teacher_model, held_out):.1%})")
-    _write(student_model, history, out, "student", f"distil {teacher_model.name} into {student_model.name}", print_fn)
+    write_json(os.path.join(out, CLASSES_FILE), folder.classes)
+    epoch_batches = _epoch_batches(kept, size, channels, batch_size, seed)
+    history = distiller.fit(
+        tf.data.Dataset.range(epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE),
+        steps_per_epoch=math.ceil(len(kept.paths) / batch_size), epochs=epochs, verbose=0, shuffle=False,
+        validation_data=image_batches(held_out.paths, held_out.labels, size, channels, batch_size),
+        callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
+                   keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv")), _EpochLines(epochs, print_fn)],
+    )
+    accuracy = _accuracy(student_model, held_out, size, channels, batch_size)
+    teacher_accuracy = _accuracy(teacher_model, held_out, size, channels, batch_size)
+    print_fn(f"Held-out accuracy of the student: {accuracy:.1%} (the teacher: {teacher_accuracy:.1%})")
+    _save(student_model, history, out, "student", f"distil {teacher_model.name} into {student_model.name}", print_fn)
     return accuracy
+
+
+def _student(student: str, weights, num_classes: int, size: int) -> keras.Model:
+    """A student by `keras.applications` name (under a dropout head) or from a `.keras` classifier taking `size` images."""
+    if not student.endswith(".keras"):
+        return image_classifier(student, num_classes, size, weights)[0]
+    model = load_keras_model(student, "--student")
+    if _input_size(model, size, "--student") != size:
+        raise ValueError(f"--student must take the teacher's {size}x{size} images. Received: input shape {model.input_shape}")
+    return model
+
+
+def evaluate(model: str, data: str, batch_size: int = 32) -> dict:
+    """Accuracy, per-class precision and recall and the confusion matrix of a saved classifier on a labelled folder.
+
+    The folder's subfolders must be classes of the model (`classes.json`
+    beside it); a folder may hold only some of them.
+
+    Returns:
+        `{"accuracy", "images", "classes", "per_class": {name: {"precision",
+        "recall", "images"}}, "confusion_matrix"}` (rows: true class,
+        columns: predicted class; a precision is None for a class never
+        predicted).
+    """
+    loaded, classes = _loaded(model, "--model")
+    folder = read_image_folder(data, "--data", classes)
+    _check_images(folder.paths)
+    size, channels = _input_size(loaded, None, "--model"), _channels(loaded, "--model")
+    predicted = np.argmax(_probabilities(loaded, image_batches(folder.paths, None, size, channels, batch_size)), -1)
+    matrix = np.zeros((len(classes), len(classes)), "int64")
+    np.add.at(matrix, (folder.labels, predicted), 1)
+    per_class = {
+        name: {
+            "precision": float(matrix[i, i] / matrix[:, i].sum()) if matrix[:, i].sum() else None,
+            "recall": float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None,
+            "images": int(matrix[i].sum()),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "accuracy": float(np.trace(matrix) / matrix.sum()),
+        "images": int(matrix.sum()),
+        "classes": classes,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32) -> list[dict]:
+    """The `top_k` classes and probabilities a saved classifier gives each image (files, or folders of them).
+
+    Returns:
+        One `{"path", "top": [{"class", "probability"}, ...]}` per image, in
+        the order named (a folder's images sorted).
+    """
+    loaded, classes = _loaded(model, "--model")
+    if top_k > len(classes):
+        raise ValueError(f"--top-k must be at most the model's {len(classes)} classes. Received: {top_k}")
+    paths = image_files(images)
+    _check_images(paths)
+    size, channels = _input_size(loaded, None, "--model"), _channels(loaded, "--model")
+    probabilities = _probabilities(loaded, image_batches(paths, None, size, channels, batch_size))
+    best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+    return [
+        {"path": path, "top": [{"class": classes[i], "probability": float(row[i])} for i in order]}
+        for path, row, order in zip(paths, probabilities, best)
+    ]

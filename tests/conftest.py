@@ -101,3 +101,30 @@ def write_image_folder(root, classes=("cat", "dog"), per_class=5, size=12, chann
             pixels = np.clip(rng.normal(60 + 120 * index, 20, (size, size, channels)), 0, 255).astype("uint8")
             tf.io.write_file(str(root / name / f"{i}.png"), tf.io.encode_png(pixels))
     return str(root)
+
+
+# Regions (rows, columns) of scikit-learn's two sample photographs, one texture each.
+PHOTO_CLASSES = {
+    "foliage": ("china.jpg", (230, 427), (430, 640)),
+    "pagoda": ("china.jpg", (60, 330), (90, 330)),
+    "petals": ("flower.jpg", (100, 360), (190, 450)),
+}
+
+
+def write_photo_folder(root, per_class=45, seed=0):
+    """Real photographs: random square crops (48 to 96 pixels) of three regions of scikit-learn's
+    sample photos, one subfolder per region, saved as JPEG and PNG in turn."""
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(seed)
+    for name, (photo, rows, columns) in PHOTO_CLASSES.items():
+        pixels = load_sample_image(photo)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            side = int(rng.integers(48, 97))
+            top = int(rng.integers(rows[0], rows[1] - side))
+            left = int(rng.integers(columns[0], columns[1] - side))
+            crop = pixels[top:top + side, left:left + side]
+            encoded = tf.io.encode_jpeg(crop, quality=90) if i % 2 else tf.io.encode_png(crop)
+            tf.io.write_file(str(root / name / f"{i}.{'jpg' if i % 2 else 'png'}"), encoded)
+    return str(root)

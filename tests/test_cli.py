@@ -1,6 +1,7 @@
 import contextlib
 import csv
 import io
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import changed, snapshot, write_image_folder
+from conftest import changed, snapshot, with_statistics, write_image_folder
 
 import keras_finetune
 from keras_finetune import cli, demo
@@ -112,14 +113,16 @@ def test_demo_distillation_recipe_trains_a_smaller_student_and_leaves_the_teache
 
 # train and distill on an image folder
 
-def tiny_base(path, size=32):
+def tiny_base(path, size=32, trained=True):
+    """A small .keras feature extractor; `trained`: its BatchNorm has learned statistics, as a pretrained base's."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, name="conv")(x)
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.ReLU()(x)
-    keras.Model(inputs, x, name="tiny").save(path)
+    model = keras.Model(inputs, x, name="tiny")
+    (with_statistics(model) if trained else model).save(path)
     return str(path)
 
 
@@ -151,7 +154,8 @@ def trained(tmp_path_factory):
 def test_train_writes_a_model_that_reloads_and_predicts_as_it_reported(trained):
     status, out, folder, out_dir = trained
     assert status == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["epochs.csv", "model.keras", "report.png"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["classes.json", "epochs.csv", "model.keras", "report.png", "run.json"]
+    assert json.loads((out_dir / "classes.json").read_text()) == ["cat", "dog", "owl"]
     model = keras.models.load_model(out_dir / "model.keras")
     accuracy = held_out_accuracy(model, folder, 32)
     assert f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}" in out
@@ -193,7 +197,7 @@ def test_distill_trains_a_student_that_reloads_and_predicts_as_it_reported(train
         "--data", folder, "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "student"),
     ])
     assert status == 0
-    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["epochs.csv", "report.png", "student.keras"]
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["classes.json", "epochs.csv", "report.png", "student.keras"]
     student = keras.models.load_model(tmp_path / "student" / "student.keras")
     assert student.input_shape == (None, 32, 32, 3) and student.output_shape == (None, 3)
     accuracy = held_out_accuracy(student, folder, 32)
@@ -218,8 +222,12 @@ def bad_inputs(root, trained_model):
         (train + ["--data", good, "--backbone", "ResNet51"], "--backbone must be one of keras.applications'"),
         (train + ["--data", good, "--backbone", "MobileNetV3Small", "--weights", "none", "--image-size", "16"],
          "MobileNetV3Small refuses --image-size 16: Input size must be at least 32x32"),
-        (train + ["--data", good, "--val", three, "--backbone", base], "--val must have the training folder's classes ['cat', 'dog']"),
-        (train + ["--data", good, "--backbone", base, "--unfreeze", "conv9"], "Received: schedule value 'conv9'"),
+        (train + ["--data", good, "--val", three, "--backbone", base], "--val must hold subfolders of the classes ['cat', 'dog']"),
+        (train + ["--data", good, "--backbone", base, "--unfreeze", "conv9"],
+         "--unfreeze must name a layer of tiny (close names: conv). Received: 'conv9'"),
+        (train + ["--data", good, "--backbone", base, "--unfreeze", "9"], "--unfreeze counts layers from the top of tiny, which has 5. Received: 9"),
+        (train + ["--resume"], f"--resume needs the run.json of the interrupted run in --out. Received: {str(root / 'out')!r}"),
+        (train + ["--backbone", base], "--data is required (a folder of class subfolders), unless --resume"),
         (distill + ["--data", good, "--teacher", str(root / "none.keras")], "--teacher must be a .keras file."),
         (distill + ["--data", good, "--teacher", trained_model], "--teacher must output one score per class of --data (2: cat, dog)"),
     ]
@@ -233,6 +241,83 @@ def test_bad_input_gives_one_line_and_status_2(trained, tmp_path, capsys):
         assert status == 2, argv
         assert err.startswith(f"keras-finetune {argv[0]}: error: ") and message in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # every check runs before --out is made
+
+
+def test_evaluate_and_predict_bad_input_gives_one_line_and_status_2(trained, tmp_path, capsys):
+    model = str(trained[3] / "model.keras")
+    other = write_image_folder(tmp_path / "other", classes=("cat", "emu"), size=32)
+    broken = write_image_folder(tmp_path / "broken", classes=("cat",), per_class=2, size=32)
+    (tmp_path / "broken" / "cat" / "x.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "model.keras").write_bytes((trained[3] / "model.keras").read_bytes())
+    cases = [
+        (["evaluate", "--model", str(tmp_path / "none.keras"), "--data", other], "--model must be a .keras file."),
+        (["evaluate", "--model", model, "--data", other], "--data must hold subfolders of the classes ['cat', 'dog', 'owl']."),
+        (["evaluate", "--model", model, "--data", broken], f"TensorFlow cannot decode the image {tmp_path / 'broken' / 'cat' / 'x.jpg'}"),
+        (["evaluate", "--model", str(lonely / "model.keras"), "--data", other], "--model needs its class names in classes.json"),
+        (["predict", "--model", model, str(tmp_path / "broken" / "cat")], f"TensorFlow cannot decode the image {tmp_path / 'broken' / 'cat' / 'x.jpg'}"),
+        (["predict", "--model", model, str(tmp_path / "nope.png")], "IMAGE must be an image file or a folder."),
+        (["predict", "--model", model, "--top-k", "4", other], "--top-k must be at most the model's 3 classes. Received: 4"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"keras-finetune {argv[0]}: error: ") and message in err, err
+        assert err.count("\n") == 1
+
+
+def test_train_refuses_to_start_over_an_interrupted_run_and_to_resume_with_other_arguments(trained, tmp_path, capsys):
+    folder = trained[2]
+    out = tmp_path / "out"
+    (out / "backup").mkdir(parents=True)
+    (out / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    (out / "run.json").write_text(json.dumps({"data": folder, "epochs": 4}))
+    cases = [
+        (["train", "--data", folder, "--out", str(out)], f"--out {str(out)!r} holds an interrupted run: continue it with --resume"),
+        (["train", "--resume", "--epochs", "6", "--out", str(out)],
+         "--resume continues the run as it was started, with --epochs 4. Received: 6"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_train_options_mixed_precision_tensorboard_and_early_stopping(trained, tmp_path):
+    folder = trained[2]
+    status, out = run([
+        "train", "--data", folder, "--backbone", tiny_base(tmp_path / "base.keras"), "--epochs", "12",
+        "--learning-rate", "1e-12", "--no-swa", "--no-augmentation", "--no-mixing", "--early-stopping", "1",
+        "--mixed-precision", "--tensorboard", "--batch-size", "8", "--out", str(tmp_path / "out"),
+    ])
+    assert status == 0
+    assert "Mixed precision: mixed_bfloat16" in out  # no GPU here
+    assert keras.mixed_precision.global_policy().name == "float32"  # put back afterwards
+    saved = keras.models.load_model(tmp_path / "out" / "model.keras")
+    assert saved.get_layer("head_dense_0").dtype_policy.name == "mixed_bfloat16"
+    assert saved.get_layer("head_output").dtype_policy.name == "float32"  # probabilities in float32
+    rows = list(csv.DictReader(open(tmp_path / "out" / "epochs.csv")))
+    assert len(rows) < 12 and f"Stopped early after epoch {len(rows)}: val_loss did not improve for 1 epochs" in out
+    assert list((tmp_path / "out" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "out" / "backup").exists()  # deleted once the run ended
+
+
+def test_tensorboard_without_its_package_is_refused_before_training(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    argv = ["train", "--data", trained[2], "--backbone", tiny_base(tmp_path / "b.keras"), "--tensorboard", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    assert "--tensorboard needs the tensorboard package (pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_each_epoch_is_one_line_with_integers_as_integers(trained):
+    lines = [line for line in trained[1].splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 12 and lines[0].startswith("epoch 1/12  ") and lines[-1].startswith("epoch 12/12  ")
+    assert re.search(r"  phase 0  ", lines[0]) and re.search(r"  phase 1  ", lines[-1])
+    assert re.search(r"  trainable_params 1,539  ", lines[0]) and re.search(r"  swa_n 3  ", lines[-1])
 
 
 def test_the_installed_command_exits_with_status_2_without_a_traceback(tmp_path):

@@ -1,0 +1,187 @@
+"""The user's job, end to end, through the installed `keras-finetune` command on a folder of real photographs:
+train from scratch, evaluate, predict, reload in a fresh process that imports only Keras, and resume a
+run killed with SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PHOTO_CLASSES, write_photo_folder
+
+SCRIPT = Path(sys.executable).with_name("keras-finetune")
+TRAIN = ["train", "--backbone", "MobileNetV3Small", "--weights", "none", "--image-size", "64", "--batch-size", "16"]
+
+
+def command(*argv, check=True):
+    """The installed command's result; its stderr must be empty (no TensorFlow start-up lines) when it succeeds."""
+    result = subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+    return result
+
+
+def fresh_process(code: str) -> str:
+    """Run `code` in a new Python that imports only keras (and numpy); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_photo_folder(tmp_path_factory.mktemp("photos") / "textures", per_class=45)
+
+
+@pytest.fixture(scope="module")
+def trained(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = command(*TRAIN, "--data", photos, "--epochs", "12", "--out", str(out))
+    return out, result.stdout
+
+
+def test_train_from_scratch_on_photographs_learns_well_above_chance(trained):
+    out, stdout = trained
+    assert "untrained: the whole network trains from the first epoch" in stdout
+    accuracy = float(stdout.split("Held-out accuracy of the fine-tuned model: ")[1].split("%")[0]) / 100
+    assert accuracy >= 0.6  # three classes: chance is 1/3 (with frozen BatchNorm it stayed at 1/3)
+    assert json.loads((out / "classes.json").read_text()) == sorted(PHOTO_CLASSES)
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "epochs.csv", "model.keras", "report.png", "run.json"]
+
+
+def test_evaluate_counts_every_image_of_each_class(trained, photos):
+    out, _ = trained
+    result = json.loads(command("evaluate", "--model", str(out / "model.keras"), "--data", photos, "--json").stdout)
+    matrix = np.array(result["confusion_matrix"])
+    assert result["classes"] == sorted(PHOTO_CLASSES) and result["images"] == 135
+    assert matrix.sum(axis=1).tolist() == [45, 45, 45]  # rows: true classes, 45 photos each
+    assert result["accuracy"] == pytest.approx(np.trace(matrix) / 135)
+    for index, name in enumerate(result["classes"]):
+        scores = result["per_class"][name]
+        assert scores["recall"] == pytest.approx(matrix[index, index] / 45) and scores["images"] == 45
+        assert scores["precision"] == pytest.approx(matrix[index, index] / matrix[:, index].sum())
+    text = command("evaluate", "--model", str(out / "model.keras"), "--data", photos).stdout.splitlines()
+    assert text[0] == f"accuracy {result['accuracy']:.1%} ({np.trace(matrix)} of 135 images)"
+    assert text[4] == "confusion matrix (rows: true class, columns: predicted class)"
+    assert [int(n) for n in text[6].split()[1:]] == matrix[0].tolist()
+
+
+def test_the_saved_model_reloads_with_keras_alone_and_predicts_what_the_command_printed(trained, photos):
+    out, _ = trained
+    predicted = json.loads(command("predict", "--model", str(out / "model.keras"), photos, "--top-k", "3", "--json").stdout)
+    assert len(predicted) == 135 and all(len(p["top"]) == 3 for p in predicted)
+    code = f"""
+import json, sys, numpy as np, keras
+assert "keras_finetune" not in sys.modules
+model = keras.models.load_model({str(out / "model.keras")!r})
+paths = json.loads(sys.argv[1]) if len(sys.argv) > 1 else None
+import tensorflow as tf
+images = []
+for path in {[p["path"] for p in predicted]!r}:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    images.append(tf.image.resize(image, (64, 64)).numpy())
+print(json.dumps(model.predict(np.stack(images), verbose=0).tolist()))
+assert "keras_finetune" not in sys.modules
+"""
+    probabilities = np.array(json.loads(fresh_process(code).strip().splitlines()[-1]))
+    classes = sorted(PHOTO_CLASSES)
+    assert [p["top"][0]["class"] for p in predicted] == [classes[i] for i in np.argmax(probabilities, axis=-1)]
+    np.testing.assert_allclose([[t["probability"] for t in p["top"]] for p in predicted],
+                               -np.sort(-probabilities, axis=-1), rtol=1e-5)
+    lines = command("predict", "--model", str(out / "model.keras"), str(Path(photos) / "petals" / "0.png")).stdout
+    top = predicted[90]["top"][0]  # petals/0.png: the first of the third class, in sorted order
+    assert lines == f"{Path(photos) / 'petals' / '0.png'}  {top['class']} {top['probability']:.1%}\n"
+
+
+def test_bad_input_through_the_installed_command_is_one_line_and_status_2(trained, photos, tmp_path):
+    out, _ = trained
+    (tmp_path / "bad" / "owl").mkdir(parents=True)
+    (tmp_path / "bad" / "owl" / "0.jpg").write_bytes(b"\xff\xd8 truncated")
+    cases = [
+        (["evaluate", "--model", str(tmp_path / "none.keras"), "--data", photos], "--model must be a .keras file."),
+        (["evaluate", "--model", str(out / "model.keras"), "--data", str(tmp_path / "bad")],
+         "--data must hold subfolders of the classes ['foliage', 'pagoda', 'petals']."),
+        (["predict", "--model", str(out / "model.keras"), str(tmp_path / "bad" / "owl" / "0.jpg")],
+         f"TensorFlow cannot decode the image {tmp_path / 'bad' / 'owl' / '0.jpg'}"),
+        ([*TRAIN, "--data", photos, "--unfreeze", "expanded_conv_projekt", "--out", str(tmp_path / "o")],
+         "--unfreeze must name a layer of MobileNetV3Small (close names: expanded_conv_project, "),
+    ]
+    for argv, message in cases:
+        result = command(*argv, check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"keras-finetune {argv[0]}: error: ")
+        assert message in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def final_weights(path):
+    code = f"""
+import keras, numpy as np
+model = keras.models.load_model({str(path)!r})
+np.savez({str(path) + '.npz'!r}, *[v.numpy() for v in model.weights])
+"""
+    fresh_process(code)
+    with np.load(str(path) + ".npz") as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, tmp_path):
+    """Dropout, shuffle, augmentation, MixUp/CutMix and SWA on; killed at a seeded random point of epoch 3 or later."""
+    run = [*TRAIN, "--data", photos, "--epochs", "6", "--swa", "3"]
+    command(*run, "--out", str(tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([str(SCRIPT), *run, "--out", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    metadata = killed / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 3):
+        time.sleep(0.05)
+    time.sleep(np.random.default_rng(0).uniform(0.0, 0.4))  # somewhere inside a later epoch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (killed / "model.keras").exists()
+
+    resumed = command("train", "--resume", "--out", str(killed))
+    assert "Resuming the run in" in resumed.stdout
+    epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
+    rows = (killed / "epochs.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3", "4", "5"]  # each epoch once
+    for mine, theirs in zip(final_weights(killed / "model.keras"), final_weights(tmp_path / "whole" / "model.keras")):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_with_our_layer_and_loss_reloads_after_import_keras_finetune_alone(tmp_path):
+    import keras
+
+    from keras_finetune.layers import RandomResizedCrop
+    from keras_finetune.losses import SparseCategoricalCrossentropy
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = RandomResizedCrop(12, 12, seed=1)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", SparseCategoricalCrossentropy(label_smoothing=0.1))
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    expected = model.predict(images, verbose=0)
+    load = f"""
+import numpy as np, keras{{}}
+model = keras.models.load_model({str(path)!r})
+print(type(model.loss).__module__, model.loss.label_smoothing)
+np.save({str(tmp_path / 'out.npy')!r}, model.predict(np.load({str(tmp_path / 'images.npy')!r}), verbose=0))
+"""
+    assert fresh_process(load.format(", keras_finetune")).split()[-2:] == ["keras_finetune.losses", "0.1"]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-6)
+    alone = subprocess.run([sys.executable, "-c", load.format("")], capture_output=True, text=True)
+    assert alone.returncode != 0 and "Could not locate class 'RandomResizedCrop'" in alone.stderr  # the layer comes first
