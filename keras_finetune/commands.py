@@ -90,7 +90,7 @@ def _epoch_batches(folder: ImageFolder, size: int, channels: int, batch_size: in
 
 
 def _probabilities(model: keras.Model, batches) -> np.ndarray:
-    outputs = np.concatenate([keras.ops.convert_to_numpy(model(images, training=False)) for images in batches])
+    outputs = model.predict(batches, verbose=0)
     if not _ends_in_softmax(model):
         outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
     return outputs
@@ -122,8 +122,8 @@ def _csv_logger(path: str, start: int) -> keras.callbacks.CSVLogger:
     if start and os.path.isfile(path):
         with open(path, newline="") as file:
             rows = list(csv.reader(file))
-        with open(path, "w", newline="") as file:
-            csv.writer(file).writerows([rows[0], *(row for row in rows[1:] if int(row[0]) < start)])
+        with open(path, "w", newline="") as file:  # a header, then the rows of the epochs before `start`
+            csv.writer(file).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) < start])
     return keras.callbacks.CSVLogger(path, append=bool(start))
 
 
@@ -182,7 +182,7 @@ def _check_tensorboard() -> None:
 
 
 def _check_backup(out: str, resume: bool) -> None:
-    interrupted = os.path.isfile(os.path.join(out, _BACKUP, "training_metadata.json"))
+    interrupted = resumed_epoch(os.path.join(out, _BACKUP)) > 0
     if resume and not interrupted:
         raise ValueError(f"--resume found no interrupted run in {out!r} (no backup: the run completed or never started)")
     if not resume and interrupted:
@@ -250,6 +250,8 @@ def train(
         ConnectionError: the ImageNet weights could not be downloaded.
     """
     arguments = {name: value for name, value in locals().items() if name not in ("out", "resume", "print_fn")}
+    for name in ("data", "val"):  # so that --resume works from another directory
+        arguments[name] = arguments[name] and os.path.abspath(arguments[name])
     folder = read_image_folder(data)
     _check_backup(out, resume)
     if tensorboard:
