@@ -31,6 +31,7 @@ __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 # The modules whose classes a saved model may name: importing them registers those classes with Keras.
 for _module in ("layers", "losses", "models"):
     importlib.import_module(f"{__name__}.{_module}")
+del _module
 
 
 def __getattr__(name: str):

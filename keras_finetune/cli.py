@@ -216,6 +216,8 @@ def _train(args) -> None:
     saved = commands.resume_arguments(args.out)
     defaults = _train_arguments(build_parser().parse_args(["train"]))
     for name, value in given.items():
+        if name in ("data", "val") and value:  # run.json keeps them absolute
+            value = os.path.abspath(value)
         if value != defaults[name] and value != saved.get(name):
             option = "--" + name.replace("_", "-")
             raise ValueError(

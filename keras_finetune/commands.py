@@ -311,8 +311,8 @@ def model_classes(path: str, argument: str = "--model") -> list[str] | None:
     return classes
 
 
-def _loaded(path: str, argument: str) -> tuple[keras.Model, list[str]]:
-    """The model and its class names, which must be one per output."""
+def _loaded(path: str, argument: str) -> tuple[keras.Model, list[str], int, int]:
+    """The model, its class names (one per output), and the square image size and channels it takes."""
     model = load_keras_model(path, argument)
     classes = model_classes(path, argument)
     if classes is None:
@@ -321,7 +321,11 @@ def _loaded(path: str, argument: str) -> tuple[keras.Model, list[str]]:
             f"Received: {path!r}"
         )
     _output_size(model, classes, argument)
-    return model, classes
+    size = tuple(model.input_shape[1:3])
+    if None in size or size[0] != size[1]:
+        raise ValueError(f"{argument} must take square images of one size, as train and distill save them. "
+                         f"Received: input shape {model.input_shape}")
+    return model, classes, size[0], _channels(model, argument)
 
 
 def distill(
@@ -355,10 +359,9 @@ def distill(
     with get_strategy().scope():
         teacher_model = load_keras_model(teacher, "--teacher")
         _output_size(teacher_model, folder.classes, "--teacher")
-        if model_classes(teacher, "--teacher") not in (None, folder.classes):
-            raise ValueError(
-                f"--data must have the teacher's classes {model_classes(teacher, '--teacher')}. Received: {folder.classes}"
-            )
+        known = model_classes(teacher, "--teacher")
+        if known not in (None, folder.classes):
+            raise ValueError(f"--data must have the teacher's classes {known}. Received: {folder.classes}")
         size, channels = _input_size(teacher_model, image_size, "--teacher"), _channels(teacher_model, "--teacher")
         student_model = _student(student, student_weights, len(folder.classes), size)
         _output_size(student_model, folder.classes, "--student")
@@ -415,10 +418,9 @@ def evaluate(model: str, data: str, batch_size: int = 32) -> dict:
         columns: predicted class; a precision is None for a class never
         predicted).
     """
-    loaded, classes = _loaded(model, "--model")
+    loaded, classes, size, channels = _loaded(model, "--model")
     folder = read_image_folder(data, "--data", classes)
     _check_images(folder.paths)
-    size, channels = _input_size(loaded, None, "--model"), _channels(loaded, "--model")
     predicted = np.argmax(_probabilities(loaded, image_batches(folder.paths, None, size, channels, batch_size)), -1)
     matrix = np.zeros((len(classes), len(classes)), "int64")
     np.add.at(matrix, (folder.labels, predicted), 1)
@@ -446,12 +448,11 @@ def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32)
         One `{"path", "top": [{"class", "probability"}, ...]}` per image, in
         the order named (a folder's images sorted).
     """
-    loaded, classes = _loaded(model, "--model")
+    loaded, classes, size, channels = _loaded(model, "--model")
     if top_k > len(classes):
         raise ValueError(f"--top-k must be at most the model's {len(classes)} classes. Received: {top_k}")
     paths = image_files(images)
     _check_images(paths)
-    size, channels = _input_size(loaded, None, "--model"), _channels(loaded, "--model")
     probabilities = _probabilities(loaded, image_batches(paths, None, size, channels, batch_size))
     best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return [

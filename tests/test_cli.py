@@ -2,6 +2,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -252,6 +253,11 @@ def test_evaluate_and_predict_bad_input_gives_one_line_and_status_2(trained, tmp
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "model.keras").write_bytes((trained[3] / "model.keras").read_bytes())
+    (tmp_path / "any_size").mkdir()
+    any_size = tmp_path / "any_size" / "model.keras"
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))).save(any_size)
+    (tmp_path / "any_size" / "classes.json").write_text('["cat", "dog", "owl"]')
     cases = [
         (["evaluate", "--model", str(tmp_path / "none.keras"), "--data", other], "--model must be a .keras file."),
         (["evaluate", "--model", model, "--data", other], "--data must hold subfolders of the classes ['cat', 'dog', 'owl']."),
@@ -260,6 +266,7 @@ def test_evaluate_and_predict_bad_input_gives_one_line_and_status_2(trained, tmp
         (["predict", "--model", model, str(tmp_path / "broken" / "cat")], f"TensorFlow cannot decode the image {tmp_path / 'broken' / 'cat' / 'x.jpg'}"),
         (["predict", "--model", model, str(tmp_path / "nope.png")], "IMAGE must be an image file or a folder."),
         (["predict", "--model", model, "--top-k", "4", other], "--top-k must be at most the model's 3 classes. Received: 4"),
+        (["predict", "--model", str(any_size), other], "--model must take square images of one size, as train and distill save them."),
     ]
     for argv, message in cases:
         capsys.readouterr()
@@ -274,11 +281,13 @@ def test_train_refuses_to_start_over_an_interrupted_run_and_to_resume_with_other
     out = tmp_path / "out"
     (out / "backup").mkdir(parents=True)
     (out / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
-    (out / "run.json").write_text(json.dumps({"data": folder, "epochs": 4}))
+    (out / "run.json").write_text(json.dumps({"data": os.path.abspath(folder), "epochs": 4}))
     cases = [
         (["train", "--data", folder, "--out", str(out)], f"--out {str(out)!r} holds an interrupted run: continue it with --resume"),
         (["train", "--resume", "--epochs", "6", "--out", str(out)],
          "--resume continues the run as it was started, with --epochs 4. Received: 6"),
+        (["train", "--resume", "--data", os.path.relpath(folder), "--epochs", "6", "--out", str(out)],
+         "with --epochs 4. Received: 6"),  # the same folder given relatively is no conflict
     ]
     for argv, message in cases:
         capsys.readouterr()
