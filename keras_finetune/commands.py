@@ -24,11 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_finetune.backbones import APPLICATIONS, image_classifier, load_keras_model
-from keras_finetune.callbacks import CosineAnnealing
+from keras_finetune.callbacks import CosineAnnealing, update_batchnorm
 from keras_finetune.callbacks.backup import resumed_epoch, write_json
 from keras_finetune.callbacks.epoch_seeds import epoch_order
 from keras_finetune.distribute import get_strategy
-from keras_finetune.freezing import batchnorm_layers, untrained_batchnorm
+from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm, untrained_batchnorm
 from keras_finetune.image_folders import (
     COLOR_MODES,
     ImageFolder,
@@ -365,6 +365,7 @@ def distill(
         size, channels = _input_size(teacher_model, image_size, "--teacher"), _channels(teacher_model, "--teacher")
         student_model = _student(student, student_weights, len(folder.classes), size)
         _output_size(student_model, folder.classes, "--student")
+        follow_untrained_batchnorm(student_model)  # a student from scratch: statistics that keep up
         distiller = Distiller(student_model, teacher_model)
         distiller.compile(
             keras.optimizers.Adam(learning_rate),
@@ -389,6 +390,8 @@ def distill(
         callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
                    keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv")), _EpochLines(epochs, print_fn)],
     )
+    # The statistics of the final weights, exactly (moving averages lag the weights they average).
+    update_batchnorm(student_model, image_batches(kept.paths, kept.labels, size, channels, batch_size))
     accuracy = _accuracy(student_model, held_out, size, channels, batch_size)
     teacher_accuracy = _accuracy(teacher_model, held_out, size, channels, batch_size)
     print_fn(f"Held-out accuracy of the student: {accuracy:.1%} (the teacher: {teacher_accuracy:.1%})")

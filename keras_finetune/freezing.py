@@ -26,10 +26,14 @@ __all__ = [
     "batchnorm_to_freeze",
     "freeze",
     "unfreeze",
+    "follow_untrained_batchnorm",
     "trainable_summary",
     "TrainableSummary",
     "untrained_batchnorm",
 ]
+
+# PyTorch's default (its momentum=0.1): moving statistics that follow a from-scratch layer within an epoch or two.
+_UNTRAINED_MOMENTUM = 0.9
 
 
 def _check_layer(value, argument: str) -> None:
@@ -102,6 +106,22 @@ def untrained_batchnorm(model_or_layer: keras.layers.Layer) -> list:
             and np.all(layer.moving_variance.numpy() == 1.0)
         )
     ]
+
+
+def follow_untrained_batchnorm(model_or_layer: keras.layers.Layer) -> list:
+    """Give the BatchNormalization layers that never saw data a momentum of 0.9 at most; returns them.
+
+    keras.applications build their BatchNormalization layers with momentum
+    0.99 or 0.999, which suits statistics that only need to drift: trained
+    from scratch, such a layer's moving statistics stay near their initial
+    values for hundreds of steps, and the model in inference mode (every
+    validation, every prediction) outputs nearly the same thing for every
+    input until then.
+    """
+    untrained = untrained_batchnorm(model_or_layer)
+    for layer in untrained:
+        layer.momentum = min(layer.momentum, _UNTRAINED_MOMENTUM)
+    return untrained
 
 
 def batchnorm_to_freeze(base_model: keras.layers.Layer, freeze_batchnorm) -> list:

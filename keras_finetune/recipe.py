@@ -12,7 +12,7 @@ from keras_finetune.callbacks._checks import check_count, check_epoch, check_pos
 from keras_finetune.callbacks.backup import resumed_epoch
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.distribute import get_strategy
-from keras_finetune.freezing import batchnorm_layers, untrained_batchnorm
+from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
 
@@ -154,18 +154,10 @@ def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.M
     return (*_in_scope(model, base_model, strategy), classes)
 
 
-# PyTorch's default (its momentum=0.1): moving statistics that follow a from-scratch layer within an epoch or two.
-_UNTRAINED_MOMENTUM = 0.9
-
-
 def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> None:
-    """BatchNorm layers that "auto" lets train because they never saw data: their moving statistics
-    follow at momentum 0.9 at most (keras.applications use 0.99 and 0.999, which leave them near their
-    initial values for hundreds of steps, so every validation until then is of a broken model); and a
-    warning when the whole base looks untrained."""
-    untrained = untrained_batchnorm(base_model)
-    for layer in untrained:
-        layer.momentum = min(layer.momentum, _UNTRAINED_MOMENTUM)
+    """BatchNorm layers that "auto" lets train because they never saw data follow at momentum 0.9 at
+    most (`follow_untrained_batchnorm`); a warning when the whole base looks untrained."""
+    untrained = follow_untrained_batchnorm(base_model)
     everything = len(untrained) == len(batchnorm_layers(base_model))
     if untrained and everything and (frozen_epochs or unfreeze_lr_factor != 1):
         warnings.warn(

@@ -8,6 +8,7 @@ from conftest import changed, make_base, snapshot, with_statistics
 from keras_finetune.freezing import (
     batchnorm_layers,
     batchnorm_to_freeze,
+    follow_untrained_batchnorm,
     freeze,
     trainable_summary,
     unfreeze,
@@ -92,6 +93,16 @@ def test_untrained_batchnorm_finds_the_layers_still_at_their_initial_statistics(
     assert [layer.name for layer in untrained_batchnorm(base)] == ["bn0"]
     fit_once(unfreeze(base, freeze_batchnorm=False), images, int_labels)
     assert untrained_batchnorm(base) == []
+
+
+def test_follow_untrained_batchnorm_lowers_the_momentum_of_untrained_layers_only(base):
+    with_statistics(base.get_layer("bn1"))
+    base.get_layer("bn0").momentum = 0.999  # as keras.applications build theirs
+    assert follow_untrained_batchnorm(base) == [base.get_layer("bn0")]
+    assert (base.get_layer("bn0").momentum, base.get_layer("bn1").momentum) == (0.9, 0.99)
+    base.get_layer("bn0").momentum = 0.5
+    follow_untrained_batchnorm(base)
+    assert base.get_layer("bn0").momentum == 0.5  # a lower momentum is kept
 
 
 def test_auto_policy_freezes_the_learned_batchnorm_and_trains_the_untrained(base, images, int_labels):

@@ -99,6 +99,16 @@ assert "keras_finetune" not in sys.modules
     assert lines == f"{Path(photos) / 'petals' / '0.png'}  {top['class']} {top['probability']:.1%}\n"
 
 
+def test_distill_into_a_student_from_scratch_learns_too(trained, photos, tmp_path):
+    """The student's BatchNorm trains from its initial statistics; it must not end at chance (it did: 33.3 %)."""
+    out, _ = trained
+    result = command("distill", "--teacher", str(out / "model.keras"), "--student", "MobileNetV3Small",
+                     "--data", photos, "--epochs", "12", "--batch-size", "16", "--out", str(tmp_path / "small"))
+    accuracy = float(result.stdout.split("Held-out accuracy of the student: ")[1].split("%")[0]) / 100
+    assert accuracy >= 0.6
+    assert json.loads((tmp_path / "small" / "classes.json").read_text()) == sorted(PHOTO_CLASSES)
+
+
 def test_bad_input_through_the_installed_command_is_one_line_and_status_2(trained, photos, tmp_path):
     out, _ = trained
     (tmp_path / "bad" / "owl").mkdir(parents=True)
