@@ -7,7 +7,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_finetune.callbacks import SWA, AtomicBackup, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing
+from keras_finetune.callbacks import SWA, AtomicBackup, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, update_batchnorm
 from keras_finetune.callbacks._checks import check_count, check_epoch, check_positive, epoch_of, is_int
 from keras_finetune.callbacks.backup import resumed_epoch
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
@@ -154,7 +154,7 @@ def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.M
     return (*_in_scope(model, base_model, strategy), classes)
 
 
-def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> None:
+def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> list:
     """BatchNorm layers that "auto" lets train because they never saw data follow at momentum 0.9 at
     most (`follow_untrained_batchnorm`); a warning when the whole base looks untrained."""
     untrained = follow_untrained_batchnorm(base_model)
@@ -166,6 +166,7 @@ def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_
             "base are meant for pretrained weights; to train from scratch pass frozen_epochs=0, unfreeze_lr_factor=1.",
             stacklevel=3,
         )
+    return untrained
 
 
 def _training_batches(source, classes: int, channels: int, epochs: int, start: int, augmentation, mixing, seed):
@@ -250,8 +251,9 @@ def fine_tune(
        stay frozen; those still at their initial statistics (a base that was
        never trained) train, their moving statistics at momentum 0.9 at most
        (`freeze_batchnorm="auto"`, with a warning that says how to train
-       such a base from scratch). The optimizer keeps its state across
-       phases.
+       such a base from scratch; without SWA, their statistics are
+       recomputed over the training batches when `fit` ends, as SWA's pass
+       does). The optimizer keeps its state across phases.
     3. `CosineAnnealing` over all `epochs` with `warmup_epochs` of linear
        warm-up, on top of each phase's rate (`schedule=None` turns it off; a
        Keras callback, e.g. `StepLR` or `ReduceLROnPlateau`, replaces it).
@@ -377,8 +379,9 @@ def fine_tune(
         )
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, strategy)
+    untrained = []
     if freeze_batchnorm == "auto":
-        _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
+        untrained = _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
     unfreezing = ProgressiveUnfreezing(
         base_model,
         *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
@@ -409,7 +412,7 @@ def fine_tune(
             keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
-    return model.fit(
+    history = model.fit(
         train.prefetch(tf.data.AUTOTUNE),
         validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
         epochs=epochs,
@@ -418,3 +421,7 @@ def fine_tune(
         callbacks=recipe + list(callbacks or []) + backup,  # the backup last, once every log is written
         verbose=verbose,
     )
+    trained = [layer for layer in untrained if layer.trainable]
+    if trained and swa is None:  # SWA's pass does this: statistics of the final weights, not lagging averages
+        update_batchnorm(model, bn_data, layers=trained)
+    return history

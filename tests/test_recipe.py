@@ -7,8 +7,8 @@ import tensorflow as tf
 from conftest import Snapshots, changed, make_base, snapshot, with_statistics
 
 from keras_finetune import fine_tune
-from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, StepLR
-from keras_finetune.callbacks.epoch_seeds import reseed, seed_states
+from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, StepLR, update_batchnorm
+from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.freezing import batchnorm_layers
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
@@ -193,6 +193,21 @@ def test_an_untrained_base_trains_its_batchnorm_and_says_so(data):
     fine_tune(kept, data, num_classes=4, epochs=2, frozen_epochs=1, **NO_PARTS, freeze_batchnorm=True, seed=0, verbose=0)
     assert not any(layer.trainable for layer in batchnorm_layers(kept))
     np.testing.assert_array_equal(kept.get_layer("bn0").moving_variance.numpy(), np.ones(4))
+
+
+def test_without_swa_an_untrained_base_ends_with_the_exact_statistics_of_its_final_weights(data):
+    keras.utils.set_random_seed(0)
+    untrained = make_base()
+    with pytest.warns(UserWarning, match="initial statistics"):
+        model = fine_tune(untrained, data, num_classes=4, epochs=3, frozen_epochs=0, **NO_PARTS, seed=0, verbose=0).model
+    ended = snapshot(untrained)
+    order = epoch_order(len(data[0]), 0, 0).numpy()  # fine_tune's pass goes over epoch 0's batches of 32
+    images, labels = data[0][order], data[1][order]
+    update_batchnorm(model, (images, keras.ops.one_hot(labels, 4)), layers=batchnorm_layers(untrained))
+    for layer in batchnorm_layers(untrained):  # a second exact pass moves nothing: they were exact already
+        for variable in (layer.moving_mean, layer.moving_variance):
+            np.testing.assert_allclose(variable.numpy(), ended[variable.path], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(ended["bn0/moving_variance"], 1.0)
 
 
 def test_a_trained_base_keeps_its_batchnorm_frozen_without_a_warning(data, recwarn):
