@@ -206,6 +206,37 @@ def _training_batches(source, classes: int, channels: int, epochs: int, start: i
     return train, steps, plain
 
 
+def _check_parts(swa, epochs: int, schedule, seed, callbacks) -> None:
+    """The recipe's parts as `fine_tune` takes them, or the error that names the argument."""
+    if swa is not None:
+        check_epoch(swa, "swa")
+        if epoch_of(swa, epochs) == epochs - 1:
+            warnings.warn(f"swa={swa!r} of {epochs} epochs averages the last epoch's weights alone.", stacklevel=3)
+    if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
+        raise ValueError(
+            f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
+        )
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    if any(isinstance(callback, keras.callbacks.BackupAndRestore) for callback in callbacks or []):
+        raise ValueError(
+            "Pass `backup_dir` instead of a BackupAndRestore callback: fine_tune must know where to resume "
+            "its pipeline and SWA. Received: a BackupAndRestore in callbacks"
+        )
+
+
+def _recipe_callbacks(seed, schedule, epochs: int, warmup_epochs: int, swa, swa_lr, bn_data, backup_dir) -> list:
+    """Per-epoch seeds, the rate schedule and SWA, after ProgressiveUnfreezing."""
+    callbacks = [] if seed is None else [EpochSeeds(seed)]
+    if schedule == "cosine":
+        callbacks.append(CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs))
+    elif schedule is not None:
+        callbacks.append(schedule)
+    if swa is not None:
+        callbacks.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data, backup_dir=backup_dir))
+    return callbacks
+
+
 def fine_tune(
     model: keras.Model,
     train_data,
@@ -362,21 +393,7 @@ def fine_tune(
     warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
     learning_rate = check_positive(learning_rate, "learning_rate")
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
-    if swa is not None:
-        check_epoch(swa, "swa")
-        if epoch_of(swa, epochs) == epochs - 1:
-            warnings.warn(f"swa={swa!r} of {epochs} epochs averages the last epoch's weights alone.", stacklevel=2)
-    if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
-        raise ValueError(
-            f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
-        )
-    if seed is not None and not is_int(seed):
-        raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
-    if any(isinstance(callback, keras.callbacks.BackupAndRestore) for callback in callbacks or []):
-        raise ValueError(
-            "Pass `backup_dir` instead of a BackupAndRestore callback: fine_tune must know where to resume "
-            "its pipeline and SWA. Received: a BackupAndRestore in callbacks"
-        )
+    _check_parts(swa, epochs, schedule, seed, callbacks)
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, strategy)
     untrained = []
@@ -394,13 +411,7 @@ def fine_tune(
     if validation_data is not None:
         validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
 
-    recipe = [unfreezing] if seed is None else [unfreezing, EpochSeeds(seed)]
-    if schedule == "cosine":
-        recipe.append(CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs))
-    elif schedule is not None:
-        recipe.append(schedule)
-    if swa is not None:
-        recipe.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data, backup_dir=backup_dir))
+    recipe = [unfreezing, *_recipe_callbacks(seed, schedule, epochs, warmup_epochs, swa, swa_lr, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
     with strategy.scope():
