@@ -49,13 +49,21 @@ RUN_FILE = "run.json"
 _BACKUP = "backup"
 
 
+def _square_size(model: keras.Model) -> int | None:
+    """The side of the square images `model` takes, or None when it takes several sizes."""
+    height, width = model.input_shape[1:3]
+    return height if height is not None and height == width else None
+
+
 def _input_size(model: keras.Model, image_size: int | None, argument: str) -> int:
-    size = tuple(model.input_shape[1:3])
-    if None in size or size[0] != size[1]:
+    size = _square_size(model)
+    if size is None:
         if image_size is None:
-            raise ValueError(f"{argument} takes images of any size; give --image-size. Received: input shape {size}")
+            raise ValueError(
+                f"{argument} takes images of any size; give --image-size. Received: input shape {model.input_shape[1:3]}"
+            )
         return image_size
-    return size[0]
+    return size
 
 
 def _channels(model: keras.Model, argument: str) -> int:
@@ -321,11 +329,11 @@ def _loaded(path: str, argument: str) -> tuple[keras.Model, list[str], int, int]
             f"Received: {path!r}"
         )
     _output_size(model, classes, argument)
-    size = tuple(model.input_shape[1:3])
-    if None in size or size[0] != size[1]:
+    size = _square_size(model)
+    if size is None:
         raise ValueError(f"{argument} must take square images of one size, as train and distill save them. "
                          f"Received: input shape {model.input_shape}")
-    return model, classes, size[0], _channels(model, argument)
+    return model, classes, size, _channels(model, argument)
 
 
 def distill(
