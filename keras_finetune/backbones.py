@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 
+from keras_finetune import pretrained
 from keras_finetune.heads import build_classifier
 
 __all__ = ["APPLICATIONS", "image_classifier", "load_backbone", "load_keras_model", "preprocessing_layer"]
@@ -64,20 +65,35 @@ def _from_path(path: str, image_size: int | None) -> keras.Model:
     return model
 
 
-def load_backbone(
-    name: str, image_size: int | None = None, weights: str | None = "imagenet"
-) -> tuple[keras.Model, keras.layers.Layer | None]:
-    """A base without its classifier, from a `keras.applications` name or a `.keras` path.
+def _shipped(name: str, image_size: int | None, weights) -> keras.Model:
+    """A base that ships with the package (`keras_finetune.pretrained`), grey images of its size by default."""
+    if weights not in ("pretrained", None):
+        raise ValueError(
+            f"--weights for the shipped {name} base must be pretrained (its own) or none. Received: {weights!r}"
+        )
+    shape = None if image_size is None else (image_size, image_size)
+    return pretrained.load_base(name, shape) if weights else pretrained.build_base(name, shape)
 
-    `weights` is `"imagenet"` (downloaded by Keras once; needs network
-    access), `None`, or the path of a weights file (`.weights.h5`, or Keras's
-    `..._notop.h5`). A `.keras` path is loaded as it is (a feature extractor,
-    its preprocessing its own) and `weights` is ignored.
+
+def load_backbone(
+    name: str, image_size: int | None = None, weights: str | None = "pretrained"
+) -> tuple[keras.Model, keras.layers.Layer | None]:
+    """A base without its classifier: a shipped base's name (`keras_finetune.pretrained.names()`), a
+    `keras.applications` name, or a `.keras` path.
+
+    `weights` is `"pretrained"` (a shipped base's own; for
+    `keras.applications`, ImageNet's, downloaded by Keras once, which needs
+    network access; `"imagenet"` says the same), `None`, or the path of a
+    weights file (`.weights.h5`, or Keras's `..._notop.h5`). A `.keras` path
+    is loaded as it is (a feature extractor, its preprocessing its own) and
+    `weights` is ignored. A shipped base takes grey images, 8x8 unless
+    `image_size` says otherwise.
 
     Returns:
         `(base, preprocess)`: `preprocess` is the frozen layer that does a
         `keras.applications` base's `preprocess_input` (see
-        `preprocessing_layer`), or `None`.
+        `preprocessing_layer`) or scales a shipped base's [0, 255] pixels
+        to [0, 1], or `None`.
 
     Raises:
         ValueError: an unknown name, an image size the backbone refuses, a
@@ -86,13 +102,16 @@ def load_backbone(
     """
     if name.endswith(".keras") or os.path.sep in name:
         return _from_path(name, image_size), None
+    if name in pretrained.names():
+        return _shipped(name, image_size, weights), keras.layers.Rescaling(1 / 255.0, name="preprocess")
     if name not in APPLICATIONS:
         raise ValueError(
-            f"--backbone must be one of keras.applications' {', '.join(APPLICATIONS)}, or a .keras path. "
-            f"Received: {name!r}"
+            f"--backbone must be one of the shipped {', '.join(pretrained.names())}, keras.applications' "
+            f"{', '.join(APPLICATIONS)}, or a .keras path. Received: {name!r}"
         )
+    weights = "imagenet" if weights == "pretrained" else weights
     if weights not in ("imagenet", None) and not os.path.isfile(weights):
-        raise ValueError(f"--weights must be imagenet, none or a weights file. Received: {weights!r} (no such file)")
+        raise ValueError(f"--weights must be pretrained (imagenet), none or a weights file. Received: {weights!r} (no such file)")
     size = 224 if image_size is None else image_size
     constructor = getattr(keras.applications, name)
     try:
@@ -115,7 +134,7 @@ def load_backbone(
 
 
 def image_classifier(
-    name: str, num_classes: int, image_size: int | None = None, weights: str | None = "imagenet", head: dict | None = None
+    name: str, num_classes: int, image_size: int | None = None, weights: str | None = "pretrained", head: dict | None = None
 ) -> tuple[keras.Model, keras.Model]:
     """`load_backbone`'s base under `build_classifier`'s head, taking [0, 255] pixels.
 

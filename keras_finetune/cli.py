@@ -83,8 +83,8 @@ def _add_train(commands) -> None:
         "train",
         help="fine-tune a pretrained network on an image folder",
         description=(
-            "Fine-tune a keras.applications backbone (or a .keras feature extractor) on an image "
-            "folder with fine_tune: dropout head, the base frozen for --frozen-epochs then unfrozen "
+            "Fine-tune the shipped glyphs base, a keras.applications backbone or a .keras feature "
+            "extractor on an image folder with fine_tune: dropout head, the base frozen for --frozen-epochs then unfrozen "
             "(--unfreeze) at --unfreeze-lr-factor times the rate (BatchNorm with learned statistics kept "
             "frozen), cosine schedule with warm-up, augmentation, MixUp/CutMix, label smoothing and SWA. "
             "A base without pretrained weights trains whole from the first epoch. Writes model.keras, "
@@ -93,10 +93,12 @@ def _add_train(commands) -> None:
     )
     _add_folders(train, required=False)
     train.add_argument("--backbone", default="MobileNetV3Small", metavar="NAME|PATH",
-                       help="a keras.applications name, or a .keras base (default: MobileNetV3Small)")
-    train.add_argument("--weights", type=_weights, default="imagenet", metavar="imagenet|none|PATH",
-                       help="the backbone's weights: imagenet (downloaded, needs network access), none, "
-                            "or a local weights file (default: imagenet)")
+                       help="glyphs (shipped with the package: grey 8x8 glyphs, no download), a "
+                            "keras.applications name, or a .keras base (default: MobileNetV3Small)")
+    train.add_argument("--weights", type=_weights, default="pretrained", metavar="pretrained|none|PATH",
+                       help="the backbone's weights: pretrained (glyphs: its own; keras.applications: "
+                            "ImageNet's, downloaded, needs network access; imagenet says the same), none, "
+                            "or a local weights file (default: pretrained)")
     train.add_argument("--frozen-epochs", type=_epoch, metavar="E",
                        help="epochs with the base frozen, or a fraction of --epochs "
                             "(default: 0.25; 0 for a base without pretrained weights)")
@@ -135,7 +137,7 @@ def _add_distill(commands) -> None:
     distill.add_argument("--teacher", required=True, metavar="PATH", help="the trained classifier, a .keras file")
     distill.add_argument("--student", required=True, metavar="NAME|PATH",
                          help="a keras.applications name or a .keras classifier")
-    distill.add_argument("--student-weights", type=_weights, default=None, metavar="imagenet|none|PATH",
+    distill.add_argument("--student-weights", type=_weights, default=None, metavar="pretrained|none|PATH",
                          help="weights of a student given by name (default: none)")
     _add_folders(distill)
     distill.add_argument("--alpha", type=_fraction, default=0.1, help="weight of the loss on the labels (default: 0.1)")

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_finetune import pretrained
 from keras_finetune.backbones import APPLICATIONS, image_classifier, load_keras_model
 from keras_finetune.callbacks import CosineAnnealing, update_batchnorm
 from keras_finetune.callbacks.backup import resumed_epoch, write_json
@@ -175,9 +176,11 @@ def _check_unfreeze(unfreeze, base: keras.Model) -> None:
 
 
 def _untrained(base: keras.Model, backbone: str, weights) -> bool:
-    """No pretrained weights: a keras.applications base without them, or one whose BatchNorm never saw data."""
+    """No pretrained weights: a named base (shipped or keras.applications) without them, or one whose
+    BatchNorm never saw data."""
     layers = batchnorm_layers(base)
-    return (weights is None and backbone in APPLICATIONS) or (bool(layers) and len(untrained_batchnorm(base)) == len(layers))
+    named = backbone in APPLICATIONS or backbone in pretrained.names()
+    return (weights is None and named) or (bool(layers) and len(untrained_batchnorm(base)) == len(layers))
 
 
 def _check_tensorboard() -> None:
@@ -222,7 +225,7 @@ def train(
     val: str | None = None,
     val_split: float = 0.2,
     backbone: str = "MobileNetV3Small",
-    weights: str | None = "imagenet",
+    weights: str | None = "pretrained",
     image_size: int | None = None,
     epochs: int = 10,
     frozen_epochs: int | float | None = None,

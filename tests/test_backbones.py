@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from keras_finetune.backbones import image_classifier, load_backbone, preprocessing_layer
-from keras_finetune.freezing import unfreeze
+from keras_finetune.freezing import batchnorm_layers, unfreeze, untrained_batchnorm
+from keras_finetune.pretrained import load_base
 
 
 def preprocess_input(name):
@@ -28,9 +29,10 @@ def test_an_identity_gives_no_layer_and_a_nonlinear_function_is_refused():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (("ResNet51", 32, None), "--backbone must be one of keras.applications' ConvNeXtBase"),
+    (("ResNet51", 32, None), "--backbone must be one of the shipped glyphs, keras.applications' ConvNeXtBase"),
+    (("glyphs", None, "imagenet"), "--weights for the shipped glyphs base must be pretrained (its own) or none. Received: 'imagenet'"),
     (("MobileNetV3Small", 16, None), "MobileNetV3Small refuses --image-size 16: Input size must be at least 32x32"),
-    (("MobileNetV3Small", 32, "missing.weights.h5"), "--weights must be imagenet, none or a weights file. Received: 'missing.weights.h5'"),
+    (("MobileNetV3Small", 32, "missing.weights.h5"), "--weights must be pretrained (imagenet), none or a weights file. Received: 'missing.weights.h5'"),
     (("nowhere/base.keras", 32, None), "--backbone must be a .keras file. Received: 'nowhere/base.keras' (no such file)"),
 ])
 def test_bad_backbones_are_refused_by_name(arguments, message):
@@ -73,3 +75,15 @@ def test_the_classifier_takes_raw_pixels_and_keeps_its_preprocessing_frozen(tmp_
     path = str(tmp_path / "m.keras")
     model.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(pixels), model(pixels), rtol=1e-5)
+
+
+def test_the_shipped_glyphs_base_takes_grey_pixels_in_0_255_at_its_size_or_another():
+    model, base = image_classifier("glyphs", 3)
+    assert model.input_shape == (None, 8, 8, 1) and base.name == "glyphs"
+    np.testing.assert_array_equal(base.get_layer("conv1").kernel, load_base().get_layer("conv1").kernel)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(model(pixels), model.layers[-1](pixels / 255), atol=1e-6)
+    larger, _ = image_classifier("glyphs", 3, image_size=16)
+    assert larger.input_shape == (None, 16, 16, 1)
+    fresh, _ = load_backbone("glyphs", weights=None)
+    assert len(untrained_batchnorm(fresh)) == len(batchnorm_layers(fresh)) == 4

@@ -195,3 +195,40 @@ np.save({str(tmp_path / 'out.npy')!r}, model.predict(np.load({str(tmp_path / 'im
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-6)
     alone = subprocess.run([sys.executable, "-c", load.format("")], capture_output=True, text=True)
     assert alone.returncode != 0 and "Could not locate class 'RandomResizedCrop'" in alone.stderr  # the layer comes first
+
+
+def write_digit_folder(root, classes=(3, 5, 8), per_class=30):
+    """scikit-learn's handwritten digits as 32x32 RGB PNGs (each pixel a 4x4 block), one folder per class."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for digit in classes:
+        (root / f"digit{digit}").mkdir(parents=True)
+        for index in np.flatnonzero(digits.target == digit)[:per_class]:
+            grey = np.kron(digits.images[index] * 255 / 16, np.ones((4, 4))).round().astype("uint8")
+            Image.fromarray(np.stack([grey] * 3, -1)).save(root / f"digit{digit}" / f"{index}.png")
+    return str(root)
+
+
+def test_train_on_the_shipped_glyphs_base_offline_grey_8x8_and_reload_with_keras_alone(tmp_path):
+    data = write_digit_folder(tmp_path / "digits")
+    out = tmp_path / "run"
+    result = command("train", "--backbone", "glyphs", "--data", data, "--epochs", "10", "--batch-size", "16", "--out", str(out))
+    assert "Fine-tuning glyphs (241,312 weights) on 72 images of 3 classes: digit3, digit5, digit8; 18 held out" in result.stdout
+    accuracy = float(result.stdout.split("Held-out accuracy of the fine-tuned model: ")[1].split("%")[0]) / 100
+    assert accuracy >= 0.9  # pretrained on printed digits; chance is 1/3
+    predicted = command("predict", "--model", str(out / "model.keras"), "--json", *(os.path.join(data, f"digit{d}") for d in (3, 5, 8)))
+    rows = json.loads(predicted.stdout)
+    hits = [row["top"][0]["class"] == os.path.basename(os.path.dirname(row["path"])) for row in rows]
+    assert len(rows) == 90 and np.mean(hits) >= 0.9
+    code = f"""
+import sys, keras
+model = keras.models.load_model({str(out / 'model.keras')!r})
+assert 'keras_finetune' not in sys.modules
+print(model.input_shape, model.output_shape)
+"""
+    assert fresh_process(code).strip() == "(None, 8, 8, 1) (None, 3)"  # grey, the base's size, raw 0-255 pixels
+    refused = command("train", "--backbone", "glyphs", "--weights", "imagenet", "--data", data, "--out", str(tmp_path / "o"), check=False)
+    assert refused.returncode == 2
+    assert "--weights for the shipped glyphs base must be pretrained (its own) or none. Received: 'imagenet'" in refused.stderr
