@@ -1,4 +1,4 @@
-"""Distiller: step time against Keras's own, cached teacher outputs, quality on the demo task.
+"""Distiller: step time against Keras's own, and cached teacher outputs.
 
 Part 1, step time: `keras_finetune.models.Distiller` against
 `keras.distillation.Distiller` given a correct `KLDivergence` instance
@@ -12,12 +12,10 @@ Part 2, cached teacher outputs: median epoch time with a live teacher
 against `cache_teacher_outputs`, for a teacher that costs at least 4x the
 student's training step (measured and printed).
 
-Part 3, quality: the demo's transfer task (digits 5-9 from 3 labelled images
-per class) over several seeds: the teacher (pre-trained base fine-tuned with
-ProgressiveUnfreezing), the 5x smaller student trained from scratch, and the
-same student distilled from the teacher.
+What distillation is worth on the demo's task is a row of the demo's ablation
+(`benchmarks/demo.py`).
 
-    python benchmarks/distillation.py [--seeds 5] [--repeats 5]
+    python benchmarks/distillation.py [--repeats 5]
 """
 
 import argparse
@@ -31,8 +29,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from timing import interleaved_epochs, print_ratios  # noqa: E402
 
-from keras_finetune import demo  # noqa: E402
-from keras_finetune.callbacks import ProgressiveUnfreezing  # noqa: E402
 from keras_finetune.models import Distiller  # noqa: E402
 
 TEMPERATURE, ALPHA = 3.0, 0.1
@@ -144,35 +140,12 @@ def cached_epochs(repeats: int) -> None:
     print_ratios(seconds, "live teacher")
 
 
-def quality(seeds: int) -> None:
-    images, labels = demo.load_digits_images()
-    source = np.isin(labels, demo.SOURCE_CLASSES)
-    target_images, target_labels = images[~source], labels[~source] - min(demo.TARGET_CLASSES)
-    results = {"teacher (ProgressiveUnfreezing)": [], "student from scratch": [], "student distilled": []}
-    for seed in range(seeds):
-        train, test = demo._few_shot_split(target_labels, 3, np.random.default_rng(seed))
-        data = target_images[train], target_labels[train]
-        base = demo.pretrain_base(images[source], labels[source], seed)
-        schedule, rates = demo.unfreezing_schedule(100)
-        teacher = demo.train_classifier(base, *data, seed, callbacks=[ProgressiveUnfreezing(base, schedule, rates)])
-        scratch = demo.train_classifier(demo.build_base(seed + 2000, demo.STUDENT_FILTERS), *data, seed)
-        distilled = demo.distil_student(demo.build_base(seed + 2000, demo.STUDENT_FILTERS), teacher, *data, seed)
-        for name, model in zip(results, (teacher, scratch, distilled)):
-            results[name].append(100 * demo._accuracy(model, target_images[test], target_labels[test]))
-        print(f"seed {seed}: " + ", ".join(f"{values[-1]:.1f}" for values in results.values()))
-    print(f"\nDigits 5-9, 3 labelled images per class, {seeds} seeds, distillation {demo.DISTILLATION}:")
-    for name, values in results.items():
-        print(f"  {name:32s} {np.mean(values):5.1f} ± {np.std(values):4.1f} %")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     step_time(args.repeats)
     cached_epochs(args.repeats)
-    quality(args.seeds)
 
 
 if __name__ == "__main__":

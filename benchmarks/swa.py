@@ -1,4 +1,4 @@
-"""SWA: averaging overhead, BatchNorm update cost, quality on the demo task.
+"""SWA: averaging overhead and BatchNorm update cost.
 
 Part 1, overhead: epochs of `keras.applications.MobileNetV3Small`
 (`weights=None`, 96x96x3 inputs, 10 classes) with a bare `fit`, with `SWA`
@@ -14,17 +14,10 @@ interleaved; median and best of the calls. The first (tracing) call of each
 is excluded and printed apart. (On the 2-core machine these timings are
 bimodal, e.g. 0.65 s or 1.27 s for the same call: compare medians of many.)
 
-Part 3, quality: the demo's transfer task (digits 5-9, 3 labelled images per
-class, 100 epochs) over several seeds: held-out accuracy of the final-epoch
-weights, of the SWA average (the demo's `SWA_SETTINGS`: epochs 75-99 at a
-rate of 1e-3) with the averaged BatchNorm statistics, and of the average with
-the statistics recomputed (`update_batchnorm` over the training images). Two
-networks: the pretrained base with ProgressiveUnfreezing (BatchNorm frozen,
-as in the demo) and the same network trained from scratch (BatchNorm
-training). Both come from one `fit` each: the final-epoch weights are kept
-by a callback.
+What SWA is worth on the demo's task is a row of the demo's ablation
+(`benchmarks/demo.py`).
 
-    python benchmarks/swa.py [--repeats 7] [--seeds 10]
+    python benchmarks/swa.py [--repeats 7]
 """
 
 import argparse
@@ -40,8 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from timing import interleaved_epochs, print_ratios  # noqa: E402
 
-from keras_finetune import demo  # noqa: E402
-from keras_finetune.callbacks import SWA, ProgressiveUnfreezing, update_batchnorm  # noqa: E402
+from keras_finetune.callbacks import SWA, update_batchnorm  # noqa: E402
 
 # The SWA warning about BatchNorm statistics is expected where no bn_data is given.
 warnings.filterwarnings("ignore", message="SWA put the averaged weights")
@@ -115,50 +107,12 @@ def batchnorm_update(repeats: int) -> None:
         )
 
 
-def quality(seeds: int, epochs: int = 100) -> None:
-    images, labels = demo.load_digits_images()
-    source = np.isin(labels, demo.SOURCE_CLASSES)
-    target_images, target_labels = images[~source], labels[~source] - min(demo.TARGET_CLASSES)
-    kinds = ("final-epoch weights", "SWA, averaged BN statistics", "SWA, BN statistics recomputed")
-    results = {(network, kind): [] for network in ("ProgressiveUnfreezing", "from scratch") for kind in kinds}
-    for seed in range(seeds):
-        train, test = demo._few_shot_split(target_labels, 3, np.random.default_rng(seed))
-        x, y = target_images[train], target_labels[train]
-        pretrained = demo.pretrain_base(images[source], labels[source], seed)
-        schedule, rates = demo.unfreezing_schedule(epochs)
-        for network, base in (("ProgressiveUnfreezing", pretrained), ("from scratch", demo.build_base(seed + 1000))):
-            final = FinalWeights()
-            callbacks = [final, SWA(**demo.SWA_SETTINGS)]
-            if network == "ProgressiveUnfreezing":
-                callbacks.insert(0, ProgressiveUnfreezing(base, schedule, rates))
-            model = demo.train_classifier(base, x, y, seed, epochs, callbacks)
-            accuracy = {kinds[1]: demo._accuracy(model, target_images[test], target_labels[test])}
-            update_batchnorm(model, x)
-            accuracy[kinds[2]] = demo._accuracy(model, target_images[test], target_labels[test])
-            model.set_weights(final.weights)
-            accuracy[kinds[0]] = demo._accuracy(model, target_images[test], target_labels[test])
-            for kind in kinds:
-                results[network, kind].append(accuracy[kind])
-        print(f"seed {seed}: " + ", ".join(f"{values[-1]:.1%}" for values in results.values()))
-    print(f"\nHeld-out accuracy on {len(test)} images, {seeds} seeds, SWA {demo.SWA_SETTINGS}:")
-    for (network, kind), values in results.items():
-        values = 100 * np.array(values)
-        print(f"  {network:22s} {kind:30s} {values.mean():5.1f} ± {values.std():4.1f} %")
-
-
-class FinalWeights(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights = self.model.get_weights()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--parts", default="overhead,batchnorm,quality", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="overhead,batchnorm", help="comma-separated parts to run")
     args = parser.parse_args()
-    parts = {"overhead": lambda: overhead(args.repeats), "batchnorm": lambda: batchnorm_update(args.repeats),
-             "quality": lambda: quality(args.seeds)}
+    parts = {"overhead": lambda: overhead(args.repeats), "batchnorm": lambda: batchnorm_update(args.repeats)}
     for name in args.parts.split(","):
         parts[name]()
 

@@ -74,14 +74,20 @@ def plot_history(history, path: str, title: str | None = None) -> str:
     return path
 
 
-def figure_of(history, title: str | None = None):
-    """The report's matplotlib figure (see `plot_history`)."""
+def figure_of(history, title: str | None = None, below=None):
+    """The report's matplotlib figure (see `plot_history`); `below(axis)` draws a full-width panel under it."""
     logs = _logs(history)
     plt = pyplot("plot_history")
     panels = [(key, label) for key, label in _CURVES if key in logs]
     if "learning_rate" in logs:
         panels.append(("learning_rate", "learning rate"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    if below is None:
+        figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    else:
+        figure = plt.figure(figsize=(4.5 * len(panels), 8.6))
+        grid = figure.add_gridspec(2, len(panels), height_ratios=(3.6, 5.0))
+        axes = [[figure.add_subplot(grid[0, i]) for i in range(len(panels))]]
+        below(figure.add_subplot(grid[1, :]))
     marks = boundaries(logs)
     for axis, (key, label) in zip(axes[0], panels):
         epochs = range(1, len(logs[key]) + 1)
