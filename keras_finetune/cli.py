@@ -65,7 +65,8 @@ def _add_folders(command, required: bool = True) -> None:
                          help="images are resized to N x N (default: the model's, else 224)")
     command.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default: 10)")
     command.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: 32)")
-    command.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="(default: 1e-3)")
+    command.add_argument("--learning-rate", type=_positive_float,
+                         help="(default: 1e-3; 1e-2 for train on the shipped glyphs base, the rate its head needs)")
     command.add_argument("--seed", type=int, default=0, help="seed of the split, shuffle and draws (default: 0)")
     command.add_argument("--out", default="keras-finetune-out", metavar="DIR",
                          help="where the model, classes.json, epochs.csv and report.png go (default: keras-finetune-out)")

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_finetune import pretrained
+from keras_finetune import glyphs
 from keras_finetune.backbones import APPLICATIONS, image_classifier, load_keras_model
 from keras_finetune.callbacks import CosineAnnealing, update_batchnorm
 from keras_finetune.callbacks.backup import resumed_epoch, write_json
@@ -40,6 +40,7 @@ from keras_finetune.image_folders import (
 )
 from keras_finetune.models import Distiller
 from keras_finetune.models.distiller import _ends_in_softmax
+from keras_finetune.pretrained import names
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
 
@@ -179,7 +180,7 @@ def _untrained(base: keras.Model, backbone: str, weights) -> bool:
     """No pretrained weights: a named base (shipped or keras.applications) without them, or one whose
     BatchNorm never saw data."""
     layers = batchnorm_layers(base)
-    named = backbone in APPLICATIONS or backbone in pretrained.names()
+    named = backbone in APPLICATIONS or backbone in names()
     return (weights is None and named) or (bool(layers) and len(untrained_batchnorm(base)) == len(layers))
 
 
@@ -232,7 +233,7 @@ def train(
     unfreeze="all",
     unfreeze_lr_factor: float | None = None,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    learning_rate: float | None = None,
     label_smoothing: float = 0.1,
     augmentation: bool = True,
     mixing: bool = True,
@@ -252,6 +253,10 @@ def train(
     that never saw data) trains whole from the first epoch at one rate, its
     BatchNorm included: `frozen_epochs` defaults to 0 and
     `unfreeze_lr_factor` to 1 for it (0.25 and 0.1 for a pretrained one).
+    The shipped `glyphs` base gets its head's rate, 1e-2, when
+    `learning_rate` is `None` (1e-3 for the others), and shifts of one
+    pixel as its augmentation (`glyphs.AUGMENTATION`: a flipped or rotated
+    glyph is another glyph) instead of the photographs' preset.
     Every epoch is backed up in `out/backup`; `resume=True` continues an
     interrupted run from there and ends with the uninterrupted run's weights.
 
@@ -273,6 +278,7 @@ def train(
         size, channels = _input_size(model, image_size, "--backbone"), _channels(model, "--backbone")
         _check_unfreeze(unfreeze, base)
         pretrained = not _untrained(base, backbone, weights)
+        shipped = backbone in names()
         kept, held_out = _held_out(folder, val, val_split, seed)
         _check_images(kept.paths + held_out.paths)
         print_fn(
@@ -289,9 +295,10 @@ def train(
             model, _epoch_batches(kept, size, channels, batch_size, seed),
             image_batches(held_out.paths, held_out.labels, size, channels, batch_size), base_model=base,
             epochs=epochs, frozen_epochs=(0.25 if pretrained else 0) if frozen_epochs is None else frozen_epochs,
-            unfreeze=unfreeze, learning_rate=learning_rate,
+            unfreeze=unfreeze, learning_rate=(1e-2 if shipped else 1e-3) if learning_rate is None else learning_rate,
             unfreeze_lr_factor=(0.1 if pretrained else 1.0) if unfreeze_lr_factor is None else unfreeze_lr_factor,
-            augmentation=augmentation, mixing=mixing, label_smoothing=label_smoothing, swa=swa, seed=seed,
+            augmentation=glyphs.AUGMENTATION if augmentation and shipped else augmentation, mixing=mixing,
+            label_smoothing=label_smoothing, swa=swa, seed=seed,
             backup_dir=backup, callbacks=_train_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
         )
         if len(history.epoch) and history.epoch[-1] < epochs - 1:
@@ -349,7 +356,7 @@ def distill(
     image_size: int | None = None,
     epochs: int = 10,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    learning_rate: float | None = None,
     alpha: float = 0.1,
     temperature: float = 3.0,
     seed: int = 0,
@@ -379,7 +386,7 @@ def distill(
         follow_untrained_batchnorm(student_model)  # a student from scratch: statistics that keep up
         distiller = Distiller(student_model, teacher_model)
         distiller.compile(
-            keras.optimizers.Adam(learning_rate),
+            keras.optimizers.Adam(1e-3 if learning_rate is None else learning_rate),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(student_model)),
             alpha=alpha,

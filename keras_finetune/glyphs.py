@@ -25,6 +25,7 @@ __all__ = [
     "SOURCE_CHARACTERS",
     "UNSEEN_CHARACTERS",
     "IMAGE_SIZE",
+    "AUGMENTATION",
     "fonts",
     "templates",
     "render",
@@ -50,6 +51,13 @@ SOURCE_CHARACTERS = (
     "БГДЖЗИЛПФЦЧШЩЪЫЬЭЮЯ"
     "+=<>%&@#$?!()[]{}/*\u00f7\u00d7\u20ac\u00a3\u221e\u221a\u00a7\u00b6\u2020\u2021\u00a9\u00ae\u00b1\u2260\u2264\u2265"
 )
+# `image_augmentation` options that suit 8x8 glyphs: shifts of up to one pixel. A flipped glyph is
+# another glyph (or none); rotation ±11° and zoom ±10% cost 0.8 points on the demo's tuning seeds
+# (92.5 against 93.3 %): at 8x8 pixels they blur the strokes.
+AUGMENTATION = {
+    "flip": None, "rotation": None, "zoom": None, "translation": 0.125,
+    "brightness": None, "contrast": None, "saturation": None, "hue": None,
+}
 # Greek small letters, none of them a source class nor shaped like one.
 UNSEEN_CHARACTERS = "\u03b1\u03b2\u03b3\u03b4\u03b6\u03b8\u03bb\u03be\u03c8\u03c9"
 

@@ -2,6 +2,7 @@
 train from scratch, evaluate, predict, reload in a fresh process that imports only Keras, and resume a
 run killed with SIGKILL."""
 
+import csv
 import json
 import os
 import signal
@@ -218,6 +219,8 @@ def test_train_on_the_shipped_glyphs_base_offline_grey_8x8_and_reload_with_keras
     assert "Fine-tuning glyphs (241,312 weights) on 72 images of 3 classes: digit3, digit5, digit8; 18 held out" in result.stdout
     accuracy = float(result.stdout.split("Held-out accuracy of the fine-tuned model: ")[1].split("%")[0]) / 100
     assert accuracy >= 0.9  # pretrained on printed digits; chance is 1/3
+    first = next(csv.DictReader(open(out / "epochs.csv")))
+    assert float(first["learning_rate"]) == pytest.approx(1e-2 / 2)  # its head's rate, warming up
     predicted = command("predict", "--model", str(out / "model.keras"), "--json", *(os.path.join(data, f"digit{d}") for d in (3, 5, 8)))
     rows = json.loads(predicted.stdout)
     hits = [row["top"][0]["class"] == os.path.basename(os.path.dirname(row["path"])) for row in rows]
