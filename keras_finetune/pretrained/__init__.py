@@ -140,12 +140,15 @@ def load_base(name: str = "glyphs", input_shape=None, include_top: bool = False)
     Raises:
         ValueError: an unknown name, a bad `input_shape`, `include_top`
             with another input shape.
+        TypeError: `include_top` is not a bool.
 
     Example:
 
     ```python
     base = keras_finetune.pretrained.load_base("glyphs")
-    history = fine_tune(base, (images, labels), num_classes=10, head={"pooling": "flatten"})
+    # the demo's settings: the head alone at 1e-2, then everything at 1e-3
+    history = fine_tune(base, (images, labels), num_classes=10, head={"pooling": "avg"},
+                        learning_rate=1e-2, unfreeze_lr_factor=0.1, frozen_epochs=0.5)
     ```
     """
     _check_name(name)
