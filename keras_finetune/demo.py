@@ -39,7 +39,7 @@ from keras_finetune.losses import SparseCategoricalCrossentropy
 from keras_finetune.models import Distiller
 from keras_finetune.pretrained import build_base, load_base
 from keras_finetune.recipe import fine_tune
-from keras_finetune.report import figure_of, pyplot
+from keras_finetune.report import plot_history
 
 __all__ = [
     "TARGETS",
@@ -358,11 +358,7 @@ def _signed(differences: np.ndarray) -> str:
 
 def plot_demo(history, results: dict, path: str, title: str) -> str:
     """A PNG of the full recipe's run (loss, accuracy, learning rate per epoch) over a bar chart of every row."""
-    plt = pyplot("plot_demo")
-    figure = figure_of(history, title, below=lambda axis: _bars(axis, results))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return plot_history(history, path, title, below=lambda axis: _bars(axis, results))
 
 
 def _bars(axis, results: dict) -> None:

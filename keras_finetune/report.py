@@ -45,7 +45,7 @@ def boundaries(history) -> list[tuple[int, str]]:
     return sorted(marks)
 
 
-def plot_history(history, path: str, title: str | None = None) -> str:
+def plot_history(history, path: str, title: str | None = None, below=None) -> str:
     """Save loss, accuracy and learning-rate curves per epoch as a PNG.
 
     Training and validation curves share a panel; the phase changes and the
@@ -57,6 +57,8 @@ def plot_history(history, path: str, title: str | None = None) -> str:
             return) or its `history` dict.
         path: str. Where to write the PNG.
         title: str. Figure title. Defaults to `None`.
+        below: a function of a matplotlib axis that draws a full-width
+            panel under the curves (the demo's bar chart). Defaults to `None`.
 
     Returns:
         `path`.
@@ -68,7 +70,7 @@ def plot_history(history, path: str, title: str | None = None) -> str:
     plot_history(history, "report.png")
     ```
     """
-    figure = figure_of(history, title)
+    figure = figure_of(history, title, below)
     figure.savefig(path, dpi=100)
     pyplot("plot_history").close(figure)
     return path

@@ -45,6 +45,16 @@ def test_the_png_is_written(tmp_path):
     assert imread(path).shape[:2] == (360, 450)  # one panel: loss only
 
 
+def test_below_draws_a_full_width_panel_under_the_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    drawn = []
+    path = plot_history({"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}, str(tmp_path / "report.png"),
+                        below=lambda axis: drawn.append(axis.barh([0, 1], [60.0, 90.0])))
+    assert len(drawn) == 1 and len(drawn[0]) == 2  # called once, on an axis of its own
+    from matplotlib.image import imread
+    assert imread(path).shape[:2] == (860, 900)  # two panels, 3.6 + 5.0 inches tall at 100 dpi
+
+
 def test_without_matplotlib_it_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r'plot_history needs matplotlib: pip install "keras-finetune\[plot\]"'):
