@@ -39,10 +39,10 @@ from keras_finetune.image_folders import (
     undecodable_images,
 )
 from keras_finetune.models import Distiller
-from keras_finetune.models.distiller import _ends_in_softmax
 from keras_finetune.pretrained import names
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
+from keras_finetune.validation import ends_in_softmax
 
 __all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "train"]
 
@@ -101,7 +101,7 @@ def _epoch_batches(folder: ImageFolder, size: int, channels: int, batch_size: in
 
 def _probabilities(model: keras.Model, batches) -> np.ndarray:
     outputs = model.predict(batches, verbose=0)
-    if not _ends_in_softmax(model):
+    if not ends_in_softmax(model):
         outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
     return outputs
 
@@ -388,7 +388,7 @@ def distill(
         distiller.compile(
             keras.optimizers.Adam(1e-3 if learning_rate is None else learning_rate),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(student_model)),
+            student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(student_model)),
             alpha=alpha,
             temperature=temperature,
         )

@@ -84,10 +84,14 @@ def _base_input_shape(base_model) -> tuple:
     try:
         shape = base_model.input_shape
     except (AttributeError, ValueError):
-        raise ValueError(
-            f"The base {base_model.name!r} has no input shape yet; pass `input_shape`. "
-            "Received: input_shape=None"
-        ) from None
+        # A subclassed model has no input shape, but remembers the one it was built (called) with.
+        built = list((getattr(base_model, "_build_shapes_dict", None) or {}).values())
+        if len(built) != 1 or not isinstance(built[0], (tuple, list)):
+            raise ValueError(
+                f"The base {base_model.name!r} has no input shape yet (never called on data); "
+                "pass `input_shape`. Received: input_shape=None"
+            ) from None
+        shape = (None, *built[0][1:])
     if isinstance(shape, list) or (shape and isinstance(shape[0], (tuple, list))):
         raise ValueError(
             "build_classifier supports bases with one input. "

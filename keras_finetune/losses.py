@@ -20,22 +20,16 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_finetune.validation import check_bool, check_fraction, class_ids, is_int
+
 __all__ = ["smooth_labels", "CategoricalCrossentropy", "SparseCategoricalCrossentropy"]
 
 _MODES = ("uniform", "others")
 
 
-def _check_fraction(value, argument: str) -> float:
-    """`value` as a float, or a TypeError/ValueError naming `argument` unless it is in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{argument}` must be a float. Received: {argument}={value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{argument}` must be in [0, 1]. Received: {argument}={value!r}")
-    return float(value)
-
-
 def _check_smoothing(epsilon, mode, argument: str) -> float:
-    epsilon = _check_fraction(epsilon, argument)
+    """ε in [0, 1): at 1 every target is the uniform distribution and nothing is learnt."""
+    epsilon = check_fraction(epsilon, argument, below_one=True)
     if mode not in _MODES:
         raise ValueError(f'`mode` must be "uniform" or "others". Received: mode={mode!r}')
     return epsilon
@@ -65,7 +59,7 @@ def smooth_labels(labels, epsilon: float, num_classes: int | None = None, mode: 
 
     Args:
         labels: integer class ids or float one-hot targets; a tensor or array.
-        epsilon: float. Smoothing in [0, 1].
+        epsilon: float. Smoothing in [0, 1).
         num_classes: int. Number of classes; required for integer labels,
             checked against the last axis of float labels. Defaults to `None`.
         mode: str. `"uniform"` (true class `1-ε+ε/K`, others `ε/K`, as Keras)
@@ -84,12 +78,18 @@ def smooth_labels(labels, epsilon: float, num_classes: int | None = None, mode: 
     epsilon = _check_smoothing(epsilon, mode, "epsilon")
     labels = ops.convert_to_tensor(labels)
     if "int" in keras.backend.standardize_dtype(labels.dtype):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             raise ValueError(
                 "Integer labels need `num_classes`, a positive int. "
                 f"Received: num_classes={num_classes!r}"
             )
-        labels = ops.one_hot(labels, num_classes)
+        labels = ops.one_hot(class_ids(labels, num_classes), num_classes)
+    elif len(labels.shape) == 0 or labels.shape[-1] == 1:
+        raise ValueError(
+            "Float labels are class probabilities on their last axis, and these have one class: "
+            "class ids must be integers (`labels.astype('int32')`) with `num_classes`. "
+            f"Received: labels of shape {tuple(labels.shape)}"
+        )
     elif num_classes is not None and labels.shape[-1] != num_classes:
         raise ValueError(
             f"Float labels of shape {tuple(labels.shape)} have {labels.shape[-1]} classes "
@@ -105,7 +105,7 @@ class _SmoothedCrossentropy(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.label_smoothing = _check_smoothing(label_smoothing, mode, "label_smoothing")
         self.mode = mode
-        self.from_logits = bool(from_logits)
+        self.from_logits = check_bool(from_logits, "from_logits")
 
     def _crossentropy(self, one_hot, y_pred):
         if self.label_smoothing:
@@ -132,7 +132,7 @@ class CategoricalCrossentropy(_SmoothedCrossentropy):
     `mode="others"` gives the true class `1-ε` and the rest `ε/(K-1)` each.
 
     Args:
-        label_smoothing: float. ε in [0, 1]. Defaults to 0.
+        label_smoothing: float. ε in [0, 1). Defaults to 0.
         mode: str. `"uniform"` or `"others"` (see `smooth_labels`).
             Defaults to `"uniform"`.
         from_logits: bool. Whether `y_pred` are logits. Defaults to `False`.
@@ -174,10 +174,13 @@ class SparseCategoricalCrossentropy(_SmoothedCrossentropy):
     Keras 3's `SparseCategoricalCrossentropy` has no `label_smoothing`; users
     one-hot their labels in the pipeline to get it. This loss takes the ids as
     they come (shape `(batch,)` or `(batch, 1)`, int or float) and smooths on
-    the fly. Without smoothing it computes exactly Keras's sparse loss.
+    the fly. Without smoothing it computes exactly Keras's sparse loss. An id
+    outside [0, K) or a float id that is not a whole number stops training
+    with an `InvalidArgumentError` that says so (except in a model compiled
+    with `jit_compile=True`: XLA drops the check).
 
     Args:
-        label_smoothing: float. ε in [0, 1]. Defaults to 0.
+        label_smoothing: float. ε in [0, 1). Defaults to 0.
         mode: str. `"uniform"` (Keras's convention: true class `1-ε+ε/K`) or
             `"others"` (true class `1-ε`, others `ε/(K-1)`). Defaults to
             `"uniform"`.
@@ -214,7 +217,7 @@ class SparseCategoricalCrossentropy(_SmoothedCrossentropy):
         y_true = ops.convert_to_tensor(y_true)
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
-        y_true = ops.cast(y_true, "int32")
+        y_true = class_ids(y_true, y_pred.shape[-1])
         if not self.label_smoothing:
             return keras.losses.sparse_categorical_crossentropy(
                 y_true, y_pred, from_logits=self.from_logits

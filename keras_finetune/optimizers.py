@@ -15,7 +15,7 @@ import re
 
 import keras
 
-from keras_finetune.callbacks._checks import check_positive
+from keras_finetune.validation import check_positive
 from keras_finetune.freezing import _all_layers
 
 __all__ = ["discriminative_optimizer"]

@@ -8,13 +8,16 @@ import keras
 import tensorflow as tf
 
 from keras_finetune.callbacks import SWA, AtomicBackup, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, update_batchnorm
-from keras_finetune.callbacks._checks import check_count, check_epoch, check_positive, epoch_of, is_int
 from keras_finetune.callbacks.backup import resumed_epoch
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.distribute import get_strategy
 from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.validation import (
+    check_bool, check_count, check_epoch, check_fraction, check_positive, class_ids, ends_in_softmax, epoch_of, is_int,
+    check_not_empty, output_activation,
+)
 
 __all__ = ["fine_tune"]
 
@@ -103,7 +106,7 @@ def _one_hot(dataset: tf.data.Dataset, num_classes: int, argument: str) -> tf.da
     if labels.dtype.is_floating and labels.shape[-1] == num_classes:
         return dataset.map(lambda x, y: (x, tf.cast(y, "float32")))
     if labels.dtype.is_integer:
-        return dataset.map(lambda x, y: (x, tf.one_hot(tf.reshape(y, [-1]), num_classes)))
+        return dataset.map(lambda x, y: (x, tf.one_hot(class_ids(tf.reshape(y, [-1]), num_classes), num_classes)))
     raise ValueError(
         f"`{argument}` labels must be integer class ids or one-hot rows of {num_classes} "
         f"classes. Received: labels {labels}"
@@ -137,13 +140,26 @@ def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[ke
     return copy, copy.get_layer(base_model.name)
 
 
-def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.Model, keras.Model, int]:
+def _refuse_classifier(model: keras.Model, num_classes) -> None:
+    """A ValueError when `model`, given as a base, ends in a classifier already: a second head would go on top."""
+    last = model.layers[-1] if model.layers else None
+    if ends_in_softmax(model) or (isinstance(last, keras.layers.Dense) and len(model.output_shape) == 2):
+        raise ValueError(
+            f"`model` ({model.name!r}) ends in a classifier (its last layer {last.name!r} outputs "
+            f"{model.output_shape[-1]} scores), and `num_classes` would put a second head on top. Pass it "
+            "without `num_classes` to fine-tune it as it is (with `base_model=` its base), or pass its base "
+            f"(e.g. a keras.applications model with include_top=False). Received: num_classes={num_classes!r}"
+        )
+
+
+def _classifier(model, num_classes, base_model, head, input_shape, strategy) -> tuple[keras.Model, keras.Model, int]:
     """The classifier, its base (both in `strategy`'s scope) and its number of classes."""
     if num_classes is not None:
         if not is_int(num_classes) or num_classes < 2:
             raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
+        _refuse_classifier(model, num_classes)
         base_model = model
-        model = build_classifier(model, int(num_classes), **(head or {}))
+        model = build_classifier(model, int(num_classes), **{"input_shape": input_shape, **(head or {})})
     elif base_model is None:
         base_model = _nested_base(model)
     classes = model.output_shape[-1]
@@ -152,6 +168,28 @@ def _classifier(model, num_classes, base_model, head, strategy) -> tuple[keras.M
             f"`model` must output one score per class (at least 2). Received: output shape {model.output_shape}"
         )
     return (*_in_scope(model, base_model, strategy), classes)
+
+
+def _from_logits(model: keras.Model, from_logits) -> bool:
+    """Whether the loss takes logits: what the model's last layer shows, or `from_logits` if it agrees."""
+    activation = output_activation(model)
+    if from_logits is None:
+        if activation in ("softmax", "linear"):
+            return activation == "linear"
+        raise ValueError(
+            f"Cannot tell whether `model` outputs logits or probabilities: its output comes out of "
+            f"{activation or 'a layer without activation'!r}, neither a softmax nor a linear layer. Pass "
+            "from_logits=True or False. Received: from_logits=None"
+        )
+    from_logits = check_bool(from_logits, "from_logits")
+    if activation == ("softmax" if from_logits else "linear"):
+        made = "probabilities (it ends in a softmax)" if from_logits else "logits (its last layer has no activation)"
+        raise ValueError(
+            f"`model` outputs {made}, and the loss would take them for "
+            f"{'logits' if from_logits else 'probabilities'}. Leave from_logits=None to follow the model. "
+            f"Received: from_logits={from_logits!r}"
+        )
+    return from_logits
 
 
 def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_lr_factor: float) -> list:
@@ -200,13 +238,14 @@ def _training_batches(source, classes: int, channels: int, epochs: int, start: i
         return randomised(_one_hot(source(epoch), classes, "train_data"))
 
     steps = int(plain.cardinality())
-    if steps <= 0:  # unknown length: Keras iterates the dataset anew each epoch
+    check_not_empty(plain, "train_data")
+    if steps < 0:  # unknown length: Keras iterates the dataset anew each epoch
         return randomised(plain), None, plain
     train = tf.data.Dataset.range(start, max(epochs, start + 1)).flat_map(epoch_batches)
     return train, steps, plain
 
 
-def _check_parts(swa, epochs: int, schedule, seed, callbacks) -> None:
+def _check_parts(swa, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
     """The recipe's parts as `fine_tune` takes them, or the error that names the argument."""
     if swa is not None:
         check_epoch(swa, "swa")
@@ -215,6 +254,11 @@ def _check_parts(swa, epochs: int, schedule, seed, callbacks) -> None:
     if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
         raise ValueError(
             f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
+        )
+    if schedule == "cosine" and warmup_epochs > epochs:
+        raise ValueError(
+            f"`warmup_epochs` is longer than the run ({epochs} epochs): the rate would never reach "
+            f"`learning_rate`. Received: warmup_epochs={warmup_epochs!r}"
         )
     if seed is not None and not is_int(seed):
         raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
@@ -260,7 +304,8 @@ def fine_tune(
     swa_lr: float | None = None,
     freeze_batchnorm: bool | str = "auto",
     batch_size: int = 32,
-    from_logits: bool = False,
+    from_logits: bool | None = None,
+    input_shape: tuple | None = None,
     strategy: tf.distribute.Strategy | None = None,
     callbacks: list | None = None,
     seed: int | None = None,
@@ -356,8 +401,13 @@ def fine_tune(
             layers frozen: all, none, or those with learned statistics.
             Defaults to `"auto"`.
         batch_size: int. Batch size for array data. Defaults to 32.
-        from_logits: bool. Whether the classifier outputs logits. Defaults
-            to False.
+        from_logits: bool or None. Whether the classifier outputs logits.
+            Defaults to `None`: read from its last layer (a softmax gives
+            probabilities, a layer without activation logits); a value that
+            contradicts the last layer is refused.
+        input_shape: tuple. The base's input shape without the batch axis,
+            for the head, when the base has none (a subclassed model never
+            called). Defaults to `None`.
         strategy: a `tf.distribute.Strategy`. Defaults to `get_strategy()`.
         callbacks: list. More callbacks, run after the recipe's own (so a
             `CSVLogger` sees the logs they add). Defaults to `None`.
@@ -393,9 +443,13 @@ def fine_tune(
     warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
     learning_rate = check_positive(learning_rate, "learning_rate")
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
-    _check_parts(swa, epochs, schedule, seed, callbacks)
+    check_fraction(label_smoothing, "label_smoothing", below_one=True)
+    if swa_lr is not None:
+        check_positive(swa_lr, "swa_lr")
+    _check_parts(swa, epochs, schedule, warmup_epochs, seed, callbacks)
     strategy = strategy or get_strategy()
-    model, base_model, classes = _classifier(model, num_classes, base_model, head, strategy)
+    model, base_model, classes = _classifier(model, num_classes, base_model, head, input_shape, strategy)
+    from_logits = _from_logits(model, from_logits)
     untrained = []
     if freeze_batchnorm == "auto":
         untrained = _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
@@ -410,6 +464,7 @@ def fine_tune(
     )
     if validation_data is not None:
         validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
+        check_not_empty(validation_data, "validation_data")
 
     recipe = [unfreezing, *_recipe_callbacks(seed, schedule, epochs, warmup_epochs, swa, swa_lr, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]

@@ -13,10 +13,11 @@ def kinds(sequential):
 def test_default_preset_reuses_keras_layers_with_converted_factors():
     augment = image_augmentation(32, 24, seed=10)
     assert kinds(augment) == [
-        "RandomResizedCrop", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+        "PixelRange", "RandomResizedCrop", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
         "RandomBrightness", "RandomContrast", "RandomSaturation", "RandomHue",
     ]
-    crop, flip, rotation, zoom, translation, brightness, contrast, saturation, hue = augment.layers
+    pixel_range, crop, flip, rotation, zoom, translation, brightness, contrast, saturation, hue = augment.layers
+    assert pixel_range.value_range == (0.0, 255.0)
     assert (crop.height, crop.width, crop.scale, crop.ratio) == (32, 24, (0.08, 1.0), (0.75, 4 / 3))
     assert flip.mode == "horizontal"
     assert rotation.factor == pytest.approx((-30 / 360, 30 / 360))
@@ -32,12 +33,12 @@ def test_default_preset_reuses_keras_layers_with_converted_factors():
     # Keras shifts hue by ±factor/2 of a turn: ±0.2 of a turn.
     assert max(abs(f) for f in hue.factor) / 2 == pytest.approx(0.2)
     # Layer i gets seed + i, so no two draw the same stream.
-    assert [layer.seed for layer in augment.layers] == list(range(10, 19))
+    assert [layer.seed for layer in augment.layers[1:]] == list(range(10, 19))
 
 
 def test_each_part_switches_off():
     augment = image_augmentation(flip=None, rotation=None, zoom=0, translation=None, hue=None)
-    assert kinds(augment) == ["RandomBrightness", "RandomContrast", "RandomSaturation"]
+    assert kinds(augment) == ["PixelRange", "RandomBrightness", "RandomContrast", "RandomSaturation"]
     empty = image_augmentation(flip=None, rotation=0, zoom=0, translation=0, brightness=0, contrast=0, saturation=0, hue=0)
     assert kinds(empty) == ["Identity"]
     np.testing.assert_array_equal(empty(np.ones((1, 4, 4, 3), "float32")), np.ones((1, 4, 4, 3)))
@@ -69,7 +70,7 @@ def test_maps_over_a_tf_data_pipeline_and_saves_inside_a_model(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
     assert kinds(loaded.layers[1]) == kinds(model.layers[1])
-    assert isinstance(loaded.layers[1].layers[0], RandomResizedCrop)
+    assert isinstance(loaded.layers[1].layers[1], RandomResizedCrop)
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,8 @@ def test_without_matplotlib_lr_find_warns_and_plot_says_what_to_install(regressi
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"min_lr": 0.0}, "0 < min_lr < max_lr"),
+        ({"min_lr": 0.0}, "`min_lr` must be a finite number > 0. Received: min_lr=0.0"),
+        ({"max_lr": float("inf")}, "max_lr=inf"),
         ({"min_lr": 1.0, "max_lr": 0.1}, "Received: min_lr=1.0, max_lr=0.1"),
         ({"steps": 1}, "Received: steps=1"),
         ({"smoothing": 1.0}, "Received: smoothing=1.0"),

@@ -70,7 +70,7 @@ def test_the_frozen_phase_leaves_the_base_and_the_unfrozen_one_trains_it_without
 def test_the_result_equals_the_same_parts_assembled_by_hand(data):
     """Every part on: the recipe is the public parts, nothing hidden."""
     images, labels = data
-    options = {"flip": None, "hue": None, "saturation": None, "value_range": (-3, 3)}
+    options = {"flip": None, "hue": None, "saturation": None, "value_range": (-5, 5)}
     history = fine_tune(
         base_weights(), data, num_classes=4, epochs=6, frozen_epochs=2, unfreeze=4,
         learning_rate=3e-3, unfreeze_lr_factor=0.2, warmup_epochs=1, augmentation=options,
@@ -246,7 +246,7 @@ class Interrupt(keras.callbacks.Callback):
 def test_a_run_resumed_from_backup_dir_ends_with_the_uninterrupted_weights(data, tmp_path):
     """Dropout, shuffle, augmentation, mixing and SWA on: every draw comes back after the resume."""
     options = {"num_classes": 4, "epochs": 6, "frozen_epochs": 2, "swa": 3, "batch_size": 16, "seed": 0, "verbose": 0,
-               "augmentation": {"flip": None, "hue": None, "saturation": None, "value_range": (-3, 3)}}
+               "augmentation": {"flip": None, "hue": None, "saturation": None, "value_range": (-5, 5)}}
     whole = fine_tune(base_weights(), data, **options).model
     with pytest.raises(RuntimeError, match="interrupted"):
         fine_tune(base_weights(), data, **options, backup_dir=str(tmp_path / "backup"), callbacks=[Interrupt(4)])

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_finetune.callbacks._checks import check_count
+from keras_finetune.validation import check_count
 from keras_finetune.freezing import _all_layers, _check_layer, batchnorm_layers
 
 __all__ = ["update_batchnorm"]
@@ -143,10 +143,16 @@ def update_batchnorm(
                     "update_batchnorm needs data to compute statistics from, and "
                     f"`data` yielded no batch. Received: data={data!r}"
                 )
-            for layer, first, second in zip(selected, sums, squares):
-                mean = first / total
+            moments = [(first / total, np.maximum(second / total - (first / total) ** 2, 0.0)) for first, second in zip(sums, squares)]
+            broken = [layer.name for layer, (mean, variance) in zip(selected, moments) if not np.isfinite(mean).all() or not np.isfinite(variance).all()]
+            if broken:  # the finally clause puts the last good statistics back
+                raise ValueError(
+                    f"update_batchnorm computed NaN or infinite statistics for {broken}: the data or the weights "
+                    "hold non-finite values. The layers keep their statistics from before the call. "
+                    f"Received: data={data!r}"
+                )
+            for layer, (mean, variance) in zip(selected, moments):
                 layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
-                variance = np.maximum(second / total - mean**2, 0.0)
                 layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
         done = True
     finally:

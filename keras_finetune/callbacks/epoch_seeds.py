@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_finetune.callbacks._checks import is_int
+from keras_finetune.validation import is_int
 
 __all__ = ["EpochSeeds", "epoch_order", "reseed", "seed_states"]
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.report import pyplot
+from keras_finetune.validation import check_count, check_number, check_positive
 
 __all__ = ["LRFinder", "lr_find"]
 
@@ -64,15 +65,13 @@ class LRFinder(keras.callbacks.Callback):
         stop_factor: float = 4.0,
     ):
         super().__init__()
-        for name, value in (("min_lr", min_lr), ("max_lr", max_lr), ("stop_factor", stop_factor), ("smoothing", smoothing)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-        if not 0 < min_lr < max_lr:
+        min_lr, max_lr = check_positive(min_lr, "min_lr"), check_positive(max_lr, "max_lr")
+        stop_factor, smoothing = check_number(stop_factor, "stop_factor"), check_number(smoothing, "smoothing")
+        if not min_lr < max_lr:
             raise ValueError(
                 f"LRFinder needs 0 < min_lr < max_lr. Received: min_lr={min_lr}, max_lr={max_lr}"
             )
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-            raise ValueError(f"`steps` must be an int >= 2. Received: steps={steps!r}")
+        check_count(steps, "steps", 2)
         if not 0 <= smoothing < 1:
             raise ValueError(f"`smoothing` must be in [0, 1). Received: smoothing={smoothing}")
         if not stop_factor > 1:

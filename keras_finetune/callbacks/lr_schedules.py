@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks._checks import check_count, check_positive
+from keras_finetune.validation import check_count, check_number, check_positive
 
 __all__ = ["StepLR", "CosineAnnealing"]
 
@@ -160,10 +159,13 @@ class CosineAnnealing(_EpochSchedule):
     def __init__(self, t_max: int, eta_min: float = 0.0, warmup_epochs: int = 0, verbose: int = 0):
         super().__init__(verbose)
         self.t_max = check_count(t_max, "t_max", 1)
-        if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float, np.number)) or not eta_min >= 0:
-            raise ValueError(f"`eta_min` must be a number >= 0. Received: eta_min={eta_min!r}")
-        self.eta_min = float(eta_min)
+        self.eta_min = check_number(eta_min, "eta_min", 0.0)
         self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
+        if self.warmup_epochs > self.t_max:
+            raise ValueError(
+                f"`warmup_epochs` longer than the schedule's {t_max} epochs (`t_max`) would never reach "
+                f"the full rate. Received: warmup_epochs={warmup_epochs!r}, t_max={t_max!r}"
+            )
 
     def rate(self, epoch: int, base: float) -> float:
         if epoch < self.warmup_epochs:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks._checks import is_int
+from keras_finetune.validation import check_positive, is_int
 from keras_finetune.freezing import _all_layers, _size, batchnorm_to_freeze, unfreeze
 
 __all__ = ["ProgressiveUnfreezing"]
@@ -60,14 +60,6 @@ def _check_phase(value, base_model: keras.Model):
         f"entry of `base_model.layers` (known: {', '.join(names)}). "
         f"Received: schedule value {value!r}"
     )
-
-
-def _check_rate(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"Learning rates must be numbers. Received: {where}={value!r}")
-    if not value > 0:
-        raise ValueError(f"Learning rates must be > 0. Received: {where}={value!r}")
-    return float(value)
 
 
 class ProgressiveUnfreezing(keras.callbacks.Callback):
@@ -200,7 +192,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             return {}
         if callable(learning_rates):
             return {
-                index: _check_rate(learning_rates(epoch), f"learning_rates({epoch})")
+                index: check_positive(learning_rates(epoch), f"learning_rates({epoch})")
                 for index, epoch in enumerate(self._starts)
             }
         if not isinstance(learning_rates, Mapping):
@@ -217,7 +209,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
                     f"{self._starts}); use StepLR or CosineAnnealing to change "
                     f"the rate within a phase. Received: learning_rates={learning_rates!r}"
                 )
-            rates[self._starts.index(epoch)] = _check_rate(
+            rates[self._starts.index(epoch)] = check_positive(
                 learning_rates[epoch], f"learning_rates[{epoch}]"
             )
         return rates

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_finetune.callbacks._checks import check_epoch, epoch_of
+from keras_finetune.validation import check_epoch, epoch_of
 from keras_finetune.layers.mixing import _Mixing
 
 __all__ = ["StopMixing"]
@@ -62,6 +62,7 @@ class StopMixing(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self._stop = epoch_of(self.epoch, self.params.get("epochs"))
+        self._checked = False
         self._flags_before = [bool(layer.enabled.numpy()) for layer in self.layers]
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -69,6 +70,15 @@ class StopMixing(keras.callbacks.Callback):
             layer.enabled.assign(epoch < self._stop)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not self._checked:  # by now the pipeline's map and the training step have called their layers
+            self._checked = True
+            unused = [layer.name for layer in self.layers if not layer.used]
+            if unused:
+                raise ValueError(
+                    f"StopMixing switches layers that this fit never called: {unused}. The pipeline mixes with "
+                    "other layer objects, which would go on mixing. Pass the layers mapped over the training "
+                    f"dataset (or given to MixingModel). Received: layers={self.layers}"
+                )
         if logs is not None:
             logs["mixing"] = float(epoch < self._stop)
 

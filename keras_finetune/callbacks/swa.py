@@ -16,18 +16,21 @@ import dataclasses
 import math
 import os
 import warnings
+import zipfile
 
 import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.callbacks._checks import check_count, check_epoch, epoch_of
+from keras_finetune.validation import check_count, check_epoch, check_positive, epoch_of
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 
 __all__ = ["SWA"]
 
 _STATE_FILE = "swa_state.npz"
 _PREVIOUS_FILE = "swa_state.previous.npz"
+# Written whole before it is renamed to _STATE_FILE; a kill between the renames leaves it as the newest state.
+_PARTIAL_FILE = "swa_state.partial.npz"
 
 
 @dataclasses.dataclass
@@ -145,9 +148,7 @@ class SWA(keras.callbacks.Callback):
         super().__init__()
         check_epoch(start_epoch, "start_epoch")
         if swa_lr is not None:
-            if isinstance(swa_lr, bool) or not isinstance(swa_lr, (int, float, np.number)) or not swa_lr > 0:
-                raise ValueError(f"`swa_lr` must be None or a number > 0. Received: swa_lr={swa_lr!r}")
-            swa_lr = float(swa_lr)
+            swa_lr = check_positive(swa_lr, "swa_lr")
         anneal_epochs = check_count(anneal_epochs, "anneal_epochs", 0)
         if anneal_epochs and swa_lr is None:
             raise ValueError(
@@ -226,10 +227,7 @@ class SWA(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         state = self._state
         if epoch >= self._start:
-            state.count += 1
-            for average, variable in zip(state.averages, self._variables):
-                # In place and in the average's dtype: float32 under mixed precision.
-                average += (np.asarray(variable.numpy(), average.dtype) - average) / state.count
+            self._average_in(epoch)
             state.last_epoch = epoch
             if self.backup_dir is not None:
                 self._save(state)
@@ -243,20 +241,38 @@ class SWA(keras.callbacks.Callback):
         if self.validation_data is not None and state.count:
             logs.update(self._evaluate_average())
 
+    def _average_in(self, epoch: int) -> None:
+        """Adds the weights at the end of `epoch` to the average, unless one of them is NaN or infinite."""
+        state = self._state
+        # In the average's dtype: float32 under mixed precision.
+        values = [np.asarray(variable.numpy(), average.dtype) for average, variable in zip(state.averages, self._variables)]
+        broken = [variable.path for variable, value in zip(self._variables, values) if not np.isfinite(value).all()]
+        if broken:
+            warnings.warn(
+                f"SWA left the weights at the end of epoch {epoch} out of its average: {broken[:3]} hold NaN or "
+                f"infinite values. The average keeps the {state.count} sets of weights before them.",
+                stacklevel=3,
+            )
+            return
+        state.count += 1
+        for average, value in zip(state.averages, values):
+            average += (value - average) / state.count
+
     def on_train_end(self, logs=None) -> None:
         _optimizer.clear_controllers(self.model)
         state = self._state
         if state is None or not state.count:
-            warnings.warn(
-                f"SWA averaged nothing: `fit` ended before epoch {self._start}, "
-                "the first one to average. The model keeps its trained weights.",
-                stacklevel=2,
+            why = (
+                "every set of weights it saw held NaN or infinite values"
+                if state is not None and state.last_epoch >= self._start
+                else f"`fit` ended before epoch {self._start}, the first one to average"
             )
+            warnings.warn(f"SWA averaged nothing: {why}. The model keeps its trained weights.", stacklevel=2)
             return
         self._assign(self._variables, state.averages)
         self._update_batchnorm(final=True)
         if self.backup_dir is not None:
-            for name in (_STATE_FILE, _PREVIOUS_FILE):
+            for name in (_STATE_FILE, _PREVIOUS_FILE, _PARTIAL_FILE):
                 path = os.path.join(self.backup_dir, name)
                 if os.path.exists(path):
                     os.remove(path)
@@ -309,7 +325,7 @@ class SWA(keras.callbacks.Callback):
             return self._fresh_state()
         candidates = [self._state]
         if self.backup_dir is not None:
-            candidates += [self._load(name) for name in (_STATE_FILE, _PREVIOUS_FILE)]
+            candidates += [self._load(name) for name in (_STATE_FILE, _PREVIOUS_FILE, _PARTIAL_FILE)]
         for state in candidates:
             if state is not None and state.last_epoch == epoch - 1:
                 return state
@@ -324,7 +340,7 @@ class SWA(keras.callbacks.Callback):
     def _save(self, state: _State) -> None:
         os.makedirs(self.backup_dir, exist_ok=True)
         path = os.path.join(self.backup_dir, _STATE_FILE)
-        partial = os.path.join(self.backup_dir, "swa_state.partial.npz")
+        partial = os.path.join(self.backup_dir, _PARTIAL_FILE)
         np.savez(
             partial,
             count=state.count,
@@ -342,13 +358,16 @@ class SWA(keras.callbacks.Callback):
         path = os.path.join(self.backup_dir, name)
         if not os.path.exists(path):
             return None
-        with np.load(path) as stored:
-            state = _State(
-                averages=[stored[f"average_{index}"] for index in range(len(stored.files) - 3)],
-                count=int(stored["count"]),
-                last_epoch=int(stored["last_epoch"]),
-                anneal_from=float(stored["anneal_from"]),
-            )
+        try:
+            with np.load(path) as stored:
+                state = _State(
+                    averages=[stored[f"average_{index}"] for index in range(len(stored.files) - 3)],
+                    count=int(stored["count"]),
+                    last_epoch=int(stored["last_epoch"]),
+                    anneal_from=float(stored["anneal_from"]),
+                )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # cut short by a kill while it was written: another file holds a whole state
         shapes = [tuple(average.shape) for average in state.averages]
         if shapes != [tuple(v.shape) for v in self._variables]:
             raise ValueError(

@@ -9,8 +9,10 @@ adjustable and each one switched off by passing `None` (or 0).
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from keras_finetune.layers.random_resized_crop import RandomResizedCrop
+from keras_finetune.validation import check_number, check_pair
 
 __all__ = ["image_augmentation"]
 
@@ -19,11 +21,57 @@ _FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 
 def _check_amount(value, argument: str, high: float):
     """None or a float in [0, high]; 0 means off."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
-        raise ValueError(f"`{argument}` must be None or a float in [0, {high}]. Received: {argument}={value!r}")
-    return float(value) or None
+    return None if value is None else check_number(value, argument, 0.0, high) or None
+
+
+@keras.saving.register_keras_serializable(package="keras_finetune")
+class PixelRange(keras.layers.Layer):
+    """Passes images through after asserting that their pixels lie in `value_range`.
+
+    Keras's colour layers take the range on trust: images in [0, 1] given to
+    `RandomBrightness(0.2, value_range=(0, 255))` get shifts of ±51. A batch
+    whose pixels leave the range, or one that looks scaled to [0, 1] (largest
+    pixel in (0, 1]) while the range reaches above 1, stops with an
+    `InvalidArgumentError` that names `value_range`.
+
+    Args:
+        value_range: (min, max). The range the colour layers were given.
+    """
+
+    def __init__(self, value_range, **kwargs):
+        super().__init__(**kwargs)
+        self.value_range = check_pair(value_range, "value_range", strict=True)
+        self._convert_input_args = False  # images keep their dtype
+        self._allow_non_tensor_positional_args = True
+        self.built = True
+
+    def call(self, images):
+        images = tf.convert_to_tensor(images)
+        pixels = tf.cast(images, "float32")
+        low, high = self.value_range
+        smallest, largest = tf.reduce_min(pixels), tf.reduce_max(pixels)
+        checks = [
+            tf.debugging.Assert(
+                (smallest >= low) & (largest <= high),
+                [f"image_augmentation: pixels outside value_range={self.value_range}; smallest and largest:", smallest, largest],
+            )
+        ]
+        if high > 1.0:
+            checks.append(
+                tf.debugging.Assert(
+                    (largest > 1.0) | (largest <= 0.0),
+                    [f"image_augmentation: images look scaled to [0, 1], but value_range={self.value_range}: "
+                     "pass value_range=(0, 1). Largest pixel:", largest],
+                )
+            )
+        with tf.control_dependencies(checks):
+            return tf.identity(images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "value_range": self.value_range}
 
 
 def image_augmentation(
@@ -46,7 +94,8 @@ def image_augmentation(
 ) -> keras.Sequential:
     """A `keras.Sequential` of augmentation layers for training images.
 
-    In order: `RandomResizedCrop(height, width, crop_scale, crop_ratio)` (only
+    In order: a `PixelRange` check of `value_range` (when a colour layer is
+    on), `RandomResizedCrop(height, width, crop_scale, crop_ratio)` (only
     when `height` and `width` are given), `RandomFlip(flip)`,
     `RandomRotation(±rotation°)`, `RandomZoom(±zoom)`,
     `RandomTranslation(±translation)`, `RandomBrightness`, `RandomContrast`,
@@ -83,7 +132,9 @@ def image_augmentation(
             torchvision's `ColorJitter` (at most 0.5); converted to Keras's
             `RandomHue` factor. Defaults to 0.2.
         value_range: (min, max). Range of the pixel values, for the colour
-            layers. Defaults to (0, 255).
+            layers, which a `PixelRange` check in front of them asserts on
+            every batch (images in [0, 1] with the default range are refused,
+            not shifted by ±51). Defaults to (0, 255).
         data_format: str. `"channels_last"` or `"channels_first"`. Defaults
             to Keras's `image_data_format()`.
         seed: int. Base seed; layer `i` gets `seed + i`. Defaults to `None`.
@@ -114,6 +165,7 @@ def image_augmentation(
     contrast = _check_amount(contrast, "contrast", 1.0)
     saturation = _check_amount(saturation, "saturation", 1.0)
     hue = _check_amount(hue, "hue", 0.5)
+    value_range = check_pair(value_range, "value_range", strict=True)
 
     def layer_seed(index):
         return None if seed is None else seed + index
@@ -144,5 +196,7 @@ def image_augmentation(
     for index, (setting, make) in enumerate(candidates, start=1):
         if setting is not None:
             parts.append(make(layer_seed(index)))
+    if any(setting is not None for setting, _ in candidates[-4:]):  # the colour layers take value_range on trust
+        parts.insert(0, PixelRange(value_range))
     # Keras cannot call an empty Sequential.
     return keras.Sequential(parts or [keras.layers.Identity()], name=name)

@@ -28,26 +28,21 @@ References:
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_finetune.layers._checks import check_data_format
-from keras_finetune.losses import _check_fraction, _check_smoothing, _smooth
+from keras_finetune.losses import smooth_labels
+from keras_finetune.validation import (
+    check_channel_axis, check_data_format, check_fraction, check_positive, class_ids, is_int,
+)
 
 __all__ = ["CutMix", "MixUp", "MixUpOrCutMix"]
-
-
-def _check_alpha(alpha, argument: str) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"`{argument}` must be a float. Received: {argument}={alpha!r}")
-    if not alpha > 0.0:
-        raise ValueError(f"`{argument}` must be > 0. Received: {argument}={alpha!r}")
-    return float(alpha)
 
 
 def _check_num_classes(num_classes):
     if num_classes is None:
         return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(
             f"`num_classes` must be a positive int or None. Received: num_classes={num_classes!r}"
         )
@@ -67,17 +62,20 @@ class _Mixing(keras.layers.Layer):
     def __init__(self, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = _check_num_classes(num_classes)
-        self.label_smoothing = _check_smoothing(label_smoothing, "uniform", "label_smoothing")
+        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing", below_one=True)
         self.data_format = check_data_format(data_format)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
         self.enabled = tf.Variable(True, trainable=False, name="mixing_enabled")
+        # Set when a pipeline or a model first calls the layer (at trace time): StopMixing checks it.
+        self.used = False
         # Images keep their dtype (uint8, float16...): Keras would cast them to float32.
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
         self.built = True
 
     def call(self, images, labels=None, training=True):
+        self.used = True
         if isinstance(images, dict):
             if labels is not None:
                 raise ValueError(
@@ -96,7 +94,7 @@ class _Mixing(keras.layers.Layer):
         labels = self._one_hot(labels)
         if training is False:
             return images, labels
-        labels = _smooth(labels, self.label_smoothing, "uniform") if self.label_smoothing else labels
+        labels = smooth_labels(labels, self.label_smoothing) if self.label_smoothing else labels
 
         # Off, the draws are the identity (λ = 1, empty boxes): a tf.cond here would cost
         # ~10% of the throughput in a tf.data map.
@@ -129,6 +127,7 @@ class _Mixing(keras.layers.Layer):
                 f"`images` must be a batch of rank 4 (batch, height, width, channels or "
                 f"channels-first).{detail} Received: images of shape {tuple(images.shape)}"
             )
+        check_channel_axis(images.shape, self.data_format, type(self).__name__)
         batch, label_batch = images.shape[0], labels.shape[0] if labels.shape.rank else None
         if labels.shape.rank == 0 or (batch is not None and label_batch is not None and batch != label_batch):
             raise ValueError(
@@ -163,18 +162,12 @@ class _Mixing(keras.layers.Layer):
                     "Integer labels must have shape (batch,) or (batch, 1). "
                     f"Received: labels of shape {tuple(labels.shape)}"
                 )
-            checks = [
-                tf.debugging.assert_non_negative(labels, message="labels must be >= 0"),
-                tf.debugging.assert_less(
-                    labels, tf.cast(self.num_classes, labels.dtype), message="labels must be < num_classes"
-                ),
-            ]
-            with tf.control_dependencies(checks):
-                return tf.one_hot(labels, self.num_classes, dtype="float32")
-        if not labels.dtype.is_floating or labels.shape.rank != 2:
+            return tf.one_hot(class_ids(labels, self.num_classes), self.num_classes, dtype="float32")
+        if not labels.dtype.is_floating or labels.shape.rank != 2 or labels.shape[-1] == 1:
             raise ValueError(
                 "`labels` must be integer class ids or float one-hot rows of shape "
-                f"(batch, num_classes). Received: labels of dtype {labels.dtype.name} "
+                "(batch, num_classes); one float column is class ids, to be passed as integers "
+                f"with `num_classes`. Received: labels of dtype {labels.dtype.name} "
                 f"and shape {tuple(labels.shape)}"
             )
         if self.num_classes is not None and labels.shape[-1] != self.num_classes:
@@ -194,7 +187,17 @@ class _Mixing(keras.layers.Layer):
         return tf.argsort(keras.random.uniform((batch_size,), seed=self.generator))
 
     def _beta(self, batch_size, alpha):
-        return keras.random.beta((batch_size,), alpha, alpha, seed=self.generator)
+        """λ ~ Beta(α, α) as G1 / (G1 + G2), in log space: G ~ Gamma(α) is Gamma(α + 1)·U^(1/α).
+
+        For a small α both gammas underflow to 0 in float32, and
+        `keras.random.beta` then returns 0.5 for most samples, the opposite
+        of what a small α means (λ near 0 or 1).
+        """
+        shape = (2, batch_size)
+        log_gamma = tf.math.log(keras.random.gamma(shape, alpha + 1.0, seed=self.generator))
+        log_uniform = tf.math.log(keras.random.uniform(shape, minval=np.finfo("float32").tiny, seed=self.generator))
+        log_g = log_gamma + log_uniform / alpha
+        return tf.sigmoid(log_g[0] - log_g[1])
 
     def compute_output_spec(self, images, labels=None, training=True):
         if isinstance(images, dict):
@@ -306,7 +309,7 @@ class MixUp(_Mixing):
         num_classes: int. Number of classes, needed for integer labels (which
             come back one-hot float32); checked against one-hot labels.
             Defaults to `None`.
-        label_smoothing: float. ε in [0, 1], applied before mixing: the true
+        label_smoothing: float. ε in [0, 1), applied before mixing: the true
             class gets `1 − ε + ε/K`. Defaults to 0.
         data_format: str. `"channels_last"` or `"channels_first"`. Defaults
             to Keras's `image_data_format()`.
@@ -327,7 +330,7 @@ class MixUp(_Mixing):
 
     def __init__(self, alpha=0.2, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
         super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
-        self.alpha = _check_alpha(alpha, "alpha")
+        self.alpha = check_positive(alpha, "alpha")
 
     def get_random_transformation(self, images):
         """Draw `{"lam": (batch,), "permutation": (batch,)}`; λ = 1 while `enabled` is off."""
@@ -363,7 +366,7 @@ class CutMix(_Mixing):
             (box area uniform).
         num_classes: int. Number of classes, needed for integer labels.
             Defaults to `None`.
-        label_smoothing: float. ε in [0, 1], applied before mixing.
+        label_smoothing: float. ε in [0, 1), applied before mixing.
             Defaults to 0.
         data_format: str. `"channels_last"` or `"channels_first"`. Defaults
             to Keras's `image_data_format()`.
@@ -384,7 +387,7 @@ class CutMix(_Mixing):
 
     def __init__(self, alpha=1.0, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
         super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
-        self.alpha = _check_alpha(alpha, "alpha")
+        self.alpha = check_positive(alpha, "alpha")
 
     def get_random_transformation(self, images):
         """Draw `{"boxes": (batch, 4) int32 y1, x1, y2, x2, "permutation": (batch,)}`.
@@ -428,7 +431,7 @@ class MixUpOrCutMix(_Mixing):
             Defaults to 1.0.
         num_classes: int. Number of classes, needed for integer labels.
             Defaults to `None`.
-        label_smoothing: float. ε in [0, 1], applied before mixing.
+        label_smoothing: float. ε in [0, 1), applied before mixing.
             Defaults to 0.
         data_format: str. `"channels_last"` or `"channels_first"`. Defaults
             to Keras's `image_data_format()`.
@@ -458,10 +461,10 @@ class MixUpOrCutMix(_Mixing):
         **kwargs,
     ):
         super().__init__(num_classes, label_smoothing, data_format, seed, **kwargs)
-        self.mixup_alpha = _check_alpha(mixup_alpha, "mixup_alpha")
-        self.cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha")
-        self.switch_prob = _check_fraction(switch_prob, "switch_prob")
-        self.prob = _check_fraction(prob, "prob")
+        self.mixup_alpha = check_positive(mixup_alpha, "mixup_alpha")
+        self.cutmix_alpha = check_positive(cutmix_alpha, "cutmix_alpha")
+        self.switch_prob = check_fraction(switch_prob, "switch_prob")
+        self.prob = check_fraction(prob, "prob")
 
     def get_random_transformation(self, images):
         """Draw `mix`, `use_cutmix` (scalar bools), `lam`, `boxes` and `permutation`.

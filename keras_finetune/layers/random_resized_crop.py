@@ -14,31 +14,11 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_finetune.layers._checks import check_data_format
+from keras_finetune.validation import check_channel_axis, check_count, check_data_format, check_pair
 
 __all__ = ["RandomResizedCrop"]
 
 _ATTEMPTS = 10
-
-
-def _check_size(value, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{argument}` must be a positive int. Received: {argument}={value!r}")
-    return value
-
-
-def _check_range(value, argument: str, low: float, high: float) -> tuple[float, float]:
-    """A (min, max) pair with low < min <= max <= high (high may be inf)."""
-    try:
-        first, second = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{argument}` must be a (min, max) pair. Received: {argument}={value!r}") from None
-    if not low < first <= second <= high:
-        raise ValueError(
-            f"`{argument}` must be a non-empty range (min, max) with {low} < min <= max <= {high}. "
-            f"Received: {argument}={value!r}"
-        )
-    return first, second
 
 
 def _centre_box(height, width, ratio_min, ratio_max):
@@ -106,10 +86,10 @@ class RandomResizedCrop(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.height = _check_size(height, "height")
-        self.width = _check_size(width, "width")
-        self.scale = _check_range(scale, "scale", 0.0, 1.0)
-        self.ratio = _check_range(ratio, "ratio", 0.0, math.inf)
+        self.height = check_count(height, "height", 1)
+        self.width = check_count(width, "width", 1)
+        self.scale = check_pair(scale, "scale", 0.0, 1.0, open_low=True)
+        self.ratio = check_pair(ratio, "ratio", 0.0, open_low=True)
         self.data_format = check_data_format(data_format)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
@@ -130,6 +110,7 @@ class RandomResizedCrop(keras.layers.Layer):
                 f"Received: images of shape {tuple(images.shape)}"
             )
         batch = images if rank == 4 else images[None]
+        check_channel_axis(batch.shape, self.data_format, "RandomResizedCrop")
         if self.data_format == "channels_first":
             batch = tf.transpose(batch, (0, 2, 3, 1))
         if training is False:

@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_finetune.validation import check_fraction, check_not_empty, check_positive, ends_in_softmax
+
 __all__ = ["Distiller"]
 
 TEACHER_OUTPUTS = "teacher_outputs"
@@ -43,17 +45,6 @@ def _check_model(model, argument: str) -> None:
             f"Distiller needs `{argument}` to be a keras.Model. Received: "
             f"{argument}={model!r} of type {type(model).__name__}"
         )
-
-
-def _ends_in_softmax(model) -> bool:
-    """Whether the model's (single) output comes out of a softmax."""
-    layer = model.layers[-1] if getattr(model, "layers", None) else None
-    if isinstance(layer, keras.Model):
-        return _ends_in_softmax(layer)
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
 
 
 def _output_size(model):
@@ -209,8 +200,8 @@ class Distiller(keras.Model):
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
-        self._teacher_probabilities = _ends_in_softmax(teacher)
-        self._student_probabilities = _ends_in_softmax(student)
+        self._teacher_probabilities = ends_in_softmax(teacher)
+        self._student_probabilities = ends_in_softmax(student)
         # Nothing of its own to build: `call` is the student's.
         self.built = student.built and teacher.built
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -254,16 +245,8 @@ class Distiller(keras.Model):
                 f"(the keras.io example's name). Received: loss={kwargs['loss']!r}"
             )
         kwargs.pop("loss", None)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f"Distiller.compile needs 0 <= alpha <= 1. Received: alpha={alpha!r}")
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not temperature > 0
-        ):
-            raise ValueError(
-                f"Distiller.compile needs temperature > 0. Received: temperature={temperature!r}"
-            )
+        alpha = check_fraction(alpha, "alpha")
+        temperature = check_positive(temperature, "temperature")
         if student_loss_fn is None and alpha > 0:
             raise ValueError(
                 "Distiller.compile needs `student_loss_fn` (the loss on the true labels) "
@@ -278,6 +261,10 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Exports the student for serving, as `self.student.export(...)`: the teacher is for training only."""
+        return self.student.export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
 
     # The three methods a subclass overrides to distil something else.
 
@@ -382,6 +369,9 @@ class Distiller(keras.Model):
         ]
 
     def fit(self, x=None, y=None, *args, **kwargs):
+        check_not_empty(x, "x")
+        if kwargs.get("validation_data") is not None:
+            check_not_empty(kwargs["validation_data"], "validation_data")
         for data in (x, kwargs.get("validation_data")):
             if _carries_teacher_outputs(data):
                 self._check_cached_pairs(data)

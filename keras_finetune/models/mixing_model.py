@@ -62,6 +62,10 @@ class MixingModel(keras.Model):
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Exports the wrapped model for serving, as `self.model.export(...)`: mixing is for training only."""
+        return self.model.export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
     def _with_labels(self, data, training: bool):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
