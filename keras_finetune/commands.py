@@ -5,7 +5,9 @@
 alone), `classes.json` (the class names, in the order of the model's
 outputs), `epochs.csv` and `report.png`; `train` also keeps `run.json` (its
 arguments) and, while it runs, a `backup/` folder that `--resume` continues
-from. `evaluate` and `predict` find `classes.json` beside the model.
+from. While they run they hold a lock file in `--out`, so a second run into
+the same folder is refused instead of interleaving its logs with the first.
+`evaluate` and `predict` find `classes.json` beside the model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import tempfile
 import time
 
 import keras
@@ -49,6 +52,7 @@ __all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "
 CLASSES_FILE = "classes.json"
 RUN_FILE = "run.json"
 _BACKUP = "backup"
+_LOCK = ".keras-finetune.lock"
 
 
 def _square_size(model: keras.Model) -> int | None:
@@ -140,13 +144,93 @@ def _csv_logger(path: str, start: int) -> keras.callbacks.CSVLogger:
 def _save(model: keras.Model, history, out: str, name: str, title: str, print_fn) -> None:
     path = os.path.join(out, f"{name}.keras")
     partial = os.path.join(out, f"{name}.partial.keras")
-    model.save(partial)  # then renamed: a failed or interrupted save never leaves half a model under the name
-    os.replace(partial, path)
+    try:
+        model.save(partial)  # then renamed: a failed or interrupted save never leaves half a model under the name
+        os.replace(partial, path)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: the trained model must not be lost
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise OSError(f"could not write {path} ({error}); {_save_elsewhere(model, name)}") from error
     print_fn(f"Saved {path} (classes in {os.path.join(out, CLASSES_FILE)}), the epoch log {os.path.join(out, 'epochs.csv')}")
     try:
         print_fn(f"Report: {plot_history(history, os.path.join(out, 'report.png'), title)}")
     except ImportError as error:
         print_fn(f"No report: {error}")
+
+
+def _save_elsewhere(model: keras.Model, name: str) -> str:
+    """Saves `model` in the temporary folder when `--out` cannot take it, and says where (or that it failed)."""
+    handle, path = tempfile.mkstemp(prefix=f"keras-finetune-{name}-", suffix=".keras")
+    os.close(handle)
+    try:
+        model.save(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        return f"saving it in the temporary folder failed too ({error}): the trained model is lost"
+    return f"the trained model is saved in {path} instead"
+
+
+def _check_out(out: str) -> None:
+    """A ValueError for an `--out` that cannot be written or that another run holds: said before
+    anything is loaded or trained, and without making the folder."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out must be a folder. Received: {out!r} (a file)")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} cannot be written: {existing!r} is read-only or not a folder")
+    _refuse_held(out)
+
+
+def _refuse_held(out: str) -> None:
+    holder = _lock_holder(os.path.join(out, _LOCK))
+    if holder is not None and holder != os.getpid() and _alive(holder):
+        raise ValueError(f"--out {out!r} is in use by another run (process {holder}): wait for it, or give another --out")
+
+
+@contextlib.contextmanager
+def _holding(out: str):
+    """`out` for this process alone while the block runs: a lock file naming it, refused while another
+    live process holds one (two runs into one folder would interleave their epoch logs and overwrite
+    each other's model). A lock left by a killed process is taken over."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, _LOCK)
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            _refuse_held(out)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    else:
+        raise ValueError(f"--out {out!r} is in use by another run that just started: give another --out")
+    with os.fdopen(handle, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _lock_holder(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as file:
+            return int(file.read())
+    return None  # unreadable or half written: the process that wrote it died before its first line
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -269,6 +353,7 @@ def train(
     for name in ("data", "val"):  # so that --resume works from another directory
         arguments[name] = arguments[name] and os.path.abspath(arguments[name])
     folder = read_image_folder(data)
+    _check_out(out)
     _check_backup(out, resume)
     if tensorboard:
         _check_tensorboard()
@@ -287,25 +372,25 @@ def train(
             f"on {len(kept.paths)} images of {len(folder.classes)} classes: {', '.join(folder.classes)}; "
             f"{len(held_out.paths)} held out"
         )
-        os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, RUN_FILE), arguments)
-        write_json(os.path.join(out, CLASSES_FILE), folder.classes)
-        backup = os.path.join(out, _BACKUP)
-        history = fine_tune(
-            model, _epoch_batches(kept, size, channels, batch_size, seed),
-            image_batches(held_out.paths, held_out.labels, size, channels, batch_size), base_model=base,
-            epochs=epochs, frozen_epochs=(0.25 if pretrained else 0) if frozen_epochs is None else frozen_epochs,
-            unfreeze=unfreeze, learning_rate=(1e-2 if shipped else 1e-3) if learning_rate is None else learning_rate,
-            unfreeze_lr_factor=(0.1 if pretrained else 1.0) if unfreeze_lr_factor is None else unfreeze_lr_factor,
-            augmentation=glyphs.AUGMENTATION if augmentation and shipped else augmentation, mixing=mixing,
-            label_smoothing=label_smoothing, swa=swa, seed=seed,
-            backup_dir=backup, callbacks=_train_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
-        )
-        if len(history.epoch) and history.epoch[-1] < epochs - 1:
-            print_fn(f"Stopped early after epoch {history.epoch[-1] + 1}: val_loss did not improve for {early_stopping} epochs")
-        accuracy = _accuracy(history.model, held_out, size, channels, batch_size)
-        print_fn(f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}")
-        _save(history.model, history, out, "model", f"fine_tune {base.name} on {os.path.basename(os.path.abspath(data))}", print_fn)
+        with _holding(out):
+            write_json(os.path.join(out, RUN_FILE), arguments)
+            write_json(os.path.join(out, CLASSES_FILE), folder.classes)
+            backup = os.path.join(out, _BACKUP)
+            history = fine_tune(
+                model, _epoch_batches(kept, size, channels, batch_size, seed),
+                image_batches(held_out.paths, held_out.labels, size, channels, batch_size), base_model=base,
+                epochs=epochs, frozen_epochs=(0.25 if pretrained else 0) if frozen_epochs is None else frozen_epochs,
+                unfreeze=unfreeze, learning_rate=(1e-2 if shipped else 1e-3) if learning_rate is None else learning_rate,
+                unfreeze_lr_factor=(0.1 if pretrained else 1.0) if unfreeze_lr_factor is None else unfreeze_lr_factor,
+                augmentation=glyphs.AUGMENTATION if augmentation and shipped else augmentation, mixing=mixing,
+                label_smoothing=label_smoothing, swa=swa, seed=seed,
+                backup_dir=backup, callbacks=_train_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
+            )
+            if len(history.epoch) and history.epoch[-1] < epochs - 1:
+                print_fn(f"Stopped early after epoch {history.epoch[-1] + 1}: val_loss did not improve for {early_stopping} epochs")
+            accuracy = _accuracy(history.model, held_out, size, channels, batch_size)
+            print_fn(f"Held-out accuracy of the fine-tuned model: {accuracy:.1%}")
+            _save(history.model, history, out, "model", f"fine_tune {base.name} on {os.path.basename(os.path.abspath(data))}", print_fn)
     return accuracy
 
 
@@ -373,6 +458,7 @@ def distill(
         ConnectionError: the student's ImageNet weights could not be downloaded.
     """
     folder = read_image_folder(data)
+    _check_out(out)
     keras.utils.set_random_seed(seed)
     with get_strategy().scope():
         teacher_model = load_keras_model(teacher, "--teacher")
@@ -398,23 +484,23 @@ def distill(
         f"Distilling {teacher_model.name} ({teacher_model.count_params():,} weights) into "
         f"{student_model.name} ({student_model.count_params():,} weights) on {len(folder.classes)} classes"
     )
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, CLASSES_FILE), folder.classes)
-    epoch_batches = _epoch_batches(kept, size, channels, batch_size, seed)
-    history = distiller.fit(
-        tf.data.Dataset.range(epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE),
-        steps_per_epoch=math.ceil(len(kept.paths) / batch_size), epochs=epochs, verbose=0, shuffle=False,
-        validation_data=image_batches(held_out.paths, held_out.labels, size, channels, batch_size),
-        callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
-                   keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv")), _EpochLines(epochs, print_fn)],
-    )
-    # The statistics of the final weights, exactly (moving averages lag the weights they average).
-    update_batchnorm(student_model, image_batches(kept.paths, kept.labels, size, channels, batch_size))
-    accuracy = _accuracy(student_model, held_out, size, channels, batch_size)
-    teacher_accuracy = _accuracy(teacher_model, held_out, size, channels, batch_size)
-    print_fn(f"Held-out accuracy of the student: {accuracy:.1%} (the teacher: {teacher_accuracy:.1%})")
-    _save(student_model, history, out, "student", f"distil {teacher_model.name} into {student_model.name}", print_fn)
-    return accuracy
+    with _holding(out):
+        write_json(os.path.join(out, CLASSES_FILE), folder.classes)
+        epoch_batches = _epoch_batches(kept, size, channels, batch_size, seed)
+        history = distiller.fit(
+            tf.data.Dataset.range(epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE),
+            steps_per_epoch=math.ceil(len(kept.paths) / batch_size), epochs=epochs, verbose=0, shuffle=False,
+            validation_data=image_batches(held_out.paths, held_out.labels, size, channels, batch_size),
+            callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
+                       keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv")), _EpochLines(epochs, print_fn)],
+        )
+        # The statistics of the final weights, exactly (moving averages lag the weights they average).
+        update_batchnorm(student_model, image_batches(kept.paths, kept.labels, size, channels, batch_size))
+        accuracy = _accuracy(student_model, held_out, size, channels, batch_size)
+        teacher_accuracy = _accuracy(teacher_model, held_out, size, channels, batch_size)
+        print_fn(f"Held-out accuracy of the student: {accuracy:.1%} (the teacher: {teacher_accuracy:.1%})")
+        _save(student_model, history, out, "student", f"distil {teacher_model.name} into {student_model.name}", print_fn)
+        return accuracy
 
 
 def _student(student: str, weights, num_classes: int, size: int) -> keras.Model:

@@ -266,3 +266,59 @@ def test_the_installed_command_exits_with_status_2_without_a_traceback(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().endswith(f"keras-finetune train: error: --data must be a folder of class subfolders. Received: '{tmp_path / 'nowhere'}' (no such folder)")
     assert "Traceback" not in result.stderr
+
+
+def test_an_unwritable_or_held_out_folder_is_one_line_before_anything_loads(trained, tmp_path, capsys):
+    folder, base = trained[2], str(trained[3] / "model.keras")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / ".keras-finetune.lock").write_text(str(os.getppid()))  # a live process other than this one
+    cases = [
+        (a_file, f"--out must be a folder. Received: {str(a_file)!r} (a file)"),
+        (a_file / "out", f"cannot be written: {str(a_file)!r} is read-only or not a folder"),
+        (held, f"--out {str(held)!r} is in use by another run (process {os.getppid()})"),
+    ]
+    for out, message in cases:
+        for command in (["train", "--data", folder, "--backbone", base], ["distill", "--data", folder, "--teacher", base, "--student", base]):
+            capsys.readouterr()
+            assert cli.main([*command, "--out", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in held.iterdir()) == [".keras-finetune.lock"]  # nothing written into a held folder
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_and_released_at_the_end(tmp_path):
+    from keras_finetune import commands
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".keras-finetune.lock").write_text(dead.stdout.strip())
+    with commands._holding(str(out)):
+        assert (out / ".keras-finetune.lock").read_text() == str(os.getpid())
+    assert not (out / ".keras-finetune.lock").exists()
+
+
+def test_a_failed_save_keeps_the_trained_model_in_the_temporary_folder(tmp_path, monkeypatch):
+    from keras_finetune import commands
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    out = tmp_path / "out"
+    out.mkdir()
+    save = keras.Model.save
+
+    def full_disk(self, path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(28, "No space left on device")
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*model.keras \(\[Errno 28\] No space left on device\); the trained model is saved in (\S+) instead") as error:
+        commands._save(model, None, str(out), "model", "title", print)
+    kept = re.search(r"saved in (\S+) instead", str(error.value)).group(1)
+    np.testing.assert_array_equal(keras.models.load_model(kept).get_weights()[0], model.get_weights()[0])
+    os.remove(kept)
+    assert list(out.iterdir()) == []  # no half-written model left under --out
