@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -29,7 +30,7 @@ def _number(convert, accept, expected: str):
 
 
 _positive_int = _number(int, lambda value: value >= 1, "a positive integer")
-_positive_float = _number(float, lambda value: value > 0, "a positive number")
+_positive_float = _number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
 _fraction = _number(float, lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
 
 

@@ -45,7 +45,7 @@ from keras_finetune.models import Distiller
 from keras_finetune.pretrained import names
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
-from keras_finetune.validation import ends_in_softmax
+from keras_finetune.validation import check_bool, check_count, check_fraction, check_positive, ends_in_softmax, is_int
 
 __all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "train"]
 
@@ -169,6 +169,19 @@ def _save_elsewhere(model: keras.Model, name: str) -> str:
             os.remove(path)
         return f"saving it in the temporary folder failed too ({error}): the trained model is lost"
     return f"the trained model is saved in {path} instead"
+
+
+def _check_numbers(epochs, batch_size, val_split, seed, learning_rate=None, image_size=None) -> None:
+    """The arguments `train` and `distill` share, checked before anything loads (the CLI's parser checks them too)."""
+    check_count(epochs, "epochs", 1)
+    check_count(batch_size, "batch_size", 1)
+    check_fraction(val_split, "val_split", below_one=True)
+    if not is_int(seed):
+        raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
+    if learning_rate is not None:
+        check_positive(learning_rate, "learning_rate")
+    if image_size is not None:
+        check_count(image_size, "image_size", 1)
 
 
 def _check_out(out: str) -> None:
@@ -352,6 +365,13 @@ def train(
     arguments = {name: value for name, value in locals().items() if name not in ("out", "resume", "print_fn")}
     for name in ("data", "val"):  # so that --resume works from another directory
         arguments[name] = arguments[name] and os.path.abspath(arguments[name])
+    _check_numbers(epochs, batch_size, val_split, seed, learning_rate, image_size)
+    check_fraction(label_smoothing, "label_smoothing", below_one=True)
+    flags = {"augmentation": augmentation, "mixing": mixing, "mixed_precision": mixed_precision, "tensorboard": tensorboard}
+    for name, value in {**flags, "resume": resume}.items():
+        check_bool(value, name)
+    if early_stopping is not None:
+        check_count(early_stopping, "early_stopping", 1)
     folder = read_image_folder(data)
     _check_out(out)
     _check_backup(out, resume)
@@ -457,6 +477,9 @@ def distill(
         ValueError: bad input (folders, models, classes, image size, images that do not decode).
         ConnectionError: the student's ImageNet weights could not be downloaded.
     """
+    _check_numbers(epochs, batch_size, val_split, seed, learning_rate, image_size)
+    check_fraction(alpha, "alpha")
+    check_positive(temperature, "temperature")
     folder = read_image_folder(data)
     _check_out(out)
     keras.utils.set_random_seed(seed)
@@ -525,6 +548,7 @@ def evaluate(model: str, data: str, batch_size: int = 32) -> dict:
         columns: predicted class; a precision is None for a class never
         predicted).
     """
+    check_count(batch_size, "batch_size", 1)
     loaded, classes, size, channels = _loaded(model, "--model")
     folder = read_image_folder(data, "--data", classes)
     _check_images(folder.paths)
@@ -555,6 +579,8 @@ def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32)
         One `{"path", "top": [{"class", "probability"}, ...]}` per image, in
         the order named (a folder's images sorted).
     """
+    check_count(top_k, "top_k", 1)
+    check_count(batch_size, "batch_size", 1)
     loaded, classes, size, channels = _loaded(model, "--model")
     if top_k > len(classes):
         raise ValueError(f"--top-k must be at most the model's {len(classes)} classes. Received: {top_k}")

@@ -40,6 +40,7 @@ from keras_finetune.models import Distiller
 from keras_finetune.pretrained import build_base, load_base
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
+from keras_finetune.validation import check_count
 
 __all__ = [
     "TARGETS",
@@ -122,11 +123,15 @@ def _few_shot(labels: np.ndarray, shots: int, rng) -> np.ndarray:
     )
 
 
+def _check_target(target) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {', '.join(TARGETS)}. Received: target={target!r}")
+
+
 def target_task(target: str, shots: int, seed: int) -> tuple[tuple, tuple]:
     """`((images, labels), (held-out images, labels))` of a target: `shots` labelled images per class
     drawn with `seed`, and the images accuracy is measured on."""
-    if target not in TARGETS:
-        raise ValueError(f"`target` must be one of {', '.join(TARGETS)}. Received: target={target!r}")
+    _check_target(target)
     rng = np.random.default_rng(seed)
     if target == "digits":
         images, labels = load_digits_images()
@@ -294,10 +299,11 @@ def run_demo(
     Returns:
         A dict from row to a list of `(accuracy, seconds)`, one per seed.
     """
-    for name, value, low, high in (("shots", shots, 1, 100), ("seeds", seeds, 1, None), ("epochs", epochs, 2, None)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
-            bound = f"in [{low}, {high}]" if high else f">= {low}"
-            raise ValueError(f"`{name}` must be an int {bound}. Received: {name}={value!r}")
+    check_count(shots, "shots", 1, 100)
+    check_count(seeds, "seeds", 1)
+    check_count(epochs, "epochs", 2)
+    check_count(first_seed, "first_seed", 0)
+    _check_target(target)
     unknown = [row for row in rows if row not in ROWS]
     if unknown or (FULL not in rows and (DISTILLED in rows or report)):
         raise ValueError(

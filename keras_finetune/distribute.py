@@ -119,7 +119,7 @@ def get_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy
 
 
 def _strategy_over(devices) -> tf.distribute.Strategy:
-    if isinstance(devices, str) or not devices or not all(isinstance(device, str) for device in devices):
+    if not isinstance(devices, (list, tuple)) or not devices or not all(isinstance(device, str) for device in devices):
         raise TypeError(f"`devices` must be a non-empty list of device names such as '/gpu:0'. Received: devices={devices!r}")
     names = [device.name for device in tf.config.list_logical_devices()]
     known = {_device_key(name) for name in names}

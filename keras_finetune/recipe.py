@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import keras
@@ -64,12 +65,24 @@ def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor
     return schedule, rates
 
 
+def _arrays(data: tuple, argument: str) -> tuple:
+    """(images, labels) as tensors of as many samples each, or a ValueError naming `argument`."""
+    arrays = tuple(tf.convert_to_tensor(array) for array in data)
+    counts = [int(array.shape[0]) if array.shape.rank else None for array in arrays]
+    if counts[0] is None or counts[0] != counts[1]:
+        raise ValueError(
+            f"`{argument}` must be (images, labels) with one label per image. "
+            f"Received: arrays of shapes {[tuple(array.shape) for array in arrays]}"
+        )
+    return arrays
+
+
 def _epoch_source(data, batch_size: int, seed):
     """`epoch -> that epoch's batches`, from a dataset, an (images, labels) tuple or such a function."""
     if isinstance(data, tf.data.Dataset):
         return lambda epoch: data
     if isinstance(data, tuple) and len(data) == 2:
-        arrays = tuple(tf.convert_to_tensor(array) for array in data)
+        arrays = _arrays(data, "train_data")
         count = int(arrays[0].shape[0])
 
         def shuffled(epoch):  # epoch e's order depends on (seed, e) alone, as a resumed run needs
@@ -90,7 +103,7 @@ def _batches(data, batch_size: int) -> tf.data.Dataset:
     if isinstance(data, tf.data.Dataset):
         return data
     if isinstance(data, tuple) and len(data) == 2:
-        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(_arrays(data, "validation_data")).batch(batch_size)
     raise TypeError(
         "`validation_data` must be a tf.data.Dataset of (images, labels) batches or a tuple (images, labels). "
         f"Received: {type(data).__name__}"
@@ -267,6 +280,31 @@ def _check_parts(swa, epochs: int, schedule, warmup_epochs: int, seed, callbacks
             "Pass `backup_dir` instead of a BackupAndRestore callback: fine_tune must know where to resume "
             "its pipeline and SWA. Received: a BackupAndRestore in callbacks"
         )
+
+
+def _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose) -> None:
+    """The arguments that say how to run rather than what to train, each of the kind it must be."""
+    if isinstance(optimizer, str):
+        try:
+            keras.optimizers.get(optimizer)
+        except ValueError:
+            raise ValueError(f"`optimizer` must name a Keras optimizer (e.g. 'adam', 'sgd'). Received: optimizer={optimizer!r}") from None
+    elif not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(f"`optimizer` must be a name or a keras.optimizers.Optimizer. Received: optimizer={optimizer!r}")
+    kinds = (
+        ("head", head, dict, "a dict of build_classifier options"),
+        ("strategy", strategy, tf.distribute.Strategy, "a tf.distribute.Strategy"),
+        ("backup_dir", backup_dir, (str, os.PathLike), "a folder's path"),
+    )
+    for argument, value, kind, described in kinds:
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"`{argument}` must be None or {described}. Received: {argument}={value!r}")
+    if callbacks is not None and (
+        not isinstance(callbacks, (list, tuple)) or not all(isinstance(c, keras.callbacks.Callback) for c in callbacks)
+    ):
+        raise TypeError(f"`callbacks` must be a list of keras Callbacks. Received: callbacks={callbacks!r}")
+    if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f'`verbose` must be "auto", 0, 1 or 2, as in `fit`. Received: verbose={verbose!r}')
 
 
 def _recipe_callbacks(seed, schedule, epochs: int, warmup_epochs: int, swa, swa_lr, bn_data, backup_dir) -> list:
@@ -446,6 +484,7 @@ def fine_tune(
     check_fraction(label_smoothing, "label_smoothing", below_one=True)
     if swa_lr is not None:
         check_positive(swa_lr, "swa_lr")
+    _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose)
     _check_parts(swa, epochs, schedule, warmup_epochs, seed, callbacks)
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, input_shape, strategy)
@@ -453,11 +492,16 @@ def fine_tune(
     untrained = []
     if freeze_batchnorm == "auto":
         untrained = _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
-    unfreezing = ProgressiveUnfreezing(
-        base_model,
-        *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
-        freeze_batchnorm=freeze_batchnorm,
-    )
+    try:
+        unfreezing = ProgressiveUnfreezing(
+            base_model,
+            *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
+            freeze_batchnorm=freeze_batchnorm,
+        )
+    except ValueError as error:  # a schedule built from `unfreeze`: say which argument it came from
+        if isinstance(unfreeze, dict) or "schedule value" not in str(error):
+            raise
+        raise ValueError(f"{error} (from unfreeze={unfreeze!r})") from None
     train, steps, bn_data = _training_batches(
         _epoch_source(train_data, batch_size, seed), classes, model.input_shape[-1], epochs,
         resumed_epoch(backup_dir), augmentation, mixing, seed,

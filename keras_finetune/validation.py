@@ -33,10 +33,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def check_count(value, argument: str, minimum: int) -> int:
-    """`value` as an int, or a ValueError naming `argument` unless it is an int >= `minimum`."""
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"`{argument}` must be an int >= {minimum}. Received: {argument}={value!r}")
+def check_count(value, argument: str, minimum: int, maximum: int | None = None) -> int:
+    """`value` as an int, or a ValueError naming `argument` unless it is an int in [minimum, maximum]."""
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{argument}` must be an int {bound}. Received: {argument}={value!r}")
     return int(value)
 
 

@@ -24,6 +24,7 @@ from keras_finetune.layers import MixUp
         (lambda: LRFinder(smoothing="0.9"), TypeError, "smoothing='0.9'"),
         (lambda: SWA(0, swa_lr=math.inf), ValueError, "swa_lr=inf"),
         (lambda: ProgressiveUnfreezing(make_base(), {0: 0, 1: "all"}, {0: 1e-3, 1: math.inf}), ValueError, "inf"),
+        (lambda: update_batchnorm(make_base(), None), TypeError, "Received: data=None"),
     ],
 )
 def test_bad_arguments_name_themselves(make, error, message):

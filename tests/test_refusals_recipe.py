@@ -78,11 +78,26 @@ def test_a_model_whose_output_kind_cannot_be_read_needs_from_logits():
         ({"warmup_epochs": 3}, ValueError, r"longer than the run \(2 epochs\).*warmup_epochs=3"),
         ({"freeze_batchnorm": "False"}, ValueError, "freeze_batchnorm='False'"),
         ({"seed": 1.5}, TypeError, "seed=1.5"),
+        ({"optimizer": None}, TypeError, "optimizer=None"),  # it said "call `compile` first"
+        ({"optimizer": "adamx"}, ValueError, "must name a Keras optimizer.*optimizer='adamx'"),
+        ({"head": "dropout"}, TypeError, "head='dropout'"),
+        ({"strategy": "mirrored"}, TypeError, "strategy='mirrored'"),
+        ({"callbacks": 5}, TypeError, "callbacks=5"),
+        ({"backup_dir": 5}, TypeError, "backup_dir=5"),
+        ({"verbose": "x"}, ValueError, "verbose='x'"),
+        ({"unfreeze": -1}, ValueError, r"from unfreeze=-1"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, error, message):
     with pytest.raises(error, match=message):
         fine_tune(base(), (IMAGES, IDS), num_classes=3, **{**QUIET, **kwargs})
+
+
+def test_images_and_labels_of_different_lengths_are_refused_at_the_call():
+    with pytest.raises(ValueError, match=r"`train_data` must be \(images, labels\) with one label per image.*\(20,\)"):
+        fine_tune(base(), (IMAGES, IDS[:20]), num_classes=3, **QUIET)
+    with pytest.raises(ValueError, match=r"`validation_data` must be \(images, labels\)"):
+        fine_tune(base(), (IMAGES, IDS), (IMAGES, IDS[:20]), num_classes=3, **QUIET)
 
 
 def test_empty_data_is_refused_before_the_first_step():

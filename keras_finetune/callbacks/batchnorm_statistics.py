@@ -30,6 +30,11 @@ def _batches(data, steps: int | None, batch_size: int):
         data = data[0]
     if isinstance(data, (np.ndarray, tf.Tensor, dict)) or keras.ops.is_tensor(data):
         data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    if not hasattr(data, "__iter__"):
+        raise TypeError(
+            "`data` must be a tf.data.Dataset, an array, a tuple (x, y) or an iterable of batches. "
+            f"Received: data={data!r}"
+        )
     for batch in itertools.islice(data, steps):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
