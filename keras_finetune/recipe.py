@@ -258,8 +258,11 @@ def _training_batches(source, classes: int, channels: int, epochs: int, start: i
     return train, steps, plain
 
 
-def _check_parts(swa, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
+def _check_parts(swa, swa_lr, label_smoothing, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
     """The recipe's parts as `fine_tune` takes them, or the error that names the argument."""
+    check_fraction(label_smoothing, "label_smoothing", below_one=True)
+    if swa_lr is not None:
+        check_positive(swa_lr, "swa_lr")
     if swa is not None:
         check_epoch(swa, "swa")
         if epoch_of(swa, epochs) == epochs - 1:
@@ -305,6 +308,30 @@ def _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose) -
         raise TypeError(f"`callbacks` must be a list of keras Callbacks. Received: callbacks={callbacks!r}")
     if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
         raise ValueError(f'`verbose` must be "auto", 0, 1 or 2, as in `fit`. Received: verbose={verbose!r}')
+
+
+def _unfreezing(base_model, unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor: float, freeze_batchnorm):
+    """The `ProgressiveUnfreezing` of `fine_tune`'s arguments; its errors name `unfreeze` when they come from it."""
+    try:
+        return ProgressiveUnfreezing(
+            base_model, *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, factor), freeze_batchnorm=freeze_batchnorm
+        )
+    except ValueError as error:
+        if isinstance(unfreeze, dict) or "schedule value" not in str(error):
+            raise
+        raise ValueError(f"{error} (from unfreeze={unfreeze!r})") from None
+
+
+def _compile(model, optimizer, learning_rate: float, label_smoothing: float, from_logits: bool, strategy) -> None:
+    with strategy.scope():
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+        # Keras's own loss (our uniform smoothing is the same), so a saved model reloads without this package.
+        model.compile(
+            optimizer,
+            keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
 
 
 def _recipe_callbacks(seed, schedule, epochs: int, warmup_epochs: int, swa, swa_lr, bn_data, backup_dir) -> list:
@@ -481,27 +508,15 @@ def fine_tune(
     warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0)
     learning_rate = check_positive(learning_rate, "learning_rate")
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
-    check_fraction(label_smoothing, "label_smoothing", below_one=True)
-    if swa_lr is not None:
-        check_positive(swa_lr, "swa_lr")
     _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose)
-    _check_parts(swa, epochs, schedule, warmup_epochs, seed, callbacks)
+    _check_parts(swa, swa_lr, label_smoothing, epochs, schedule, warmup_epochs, seed, callbacks)
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, input_shape, strategy)
     from_logits = _from_logits(model, from_logits)
     untrained = []
     if freeze_batchnorm == "auto":
         untrained = _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
-    try:
-        unfreezing = ProgressiveUnfreezing(
-            base_model,
-            *_schedule(unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor),
-            freeze_batchnorm=freeze_batchnorm,
-        )
-    except ValueError as error:  # a schedule built from `unfreeze`: say which argument it came from
-        if isinstance(unfreeze, dict) or "schedule value" not in str(error):
-            raise
-        raise ValueError(f"{error} (from unfreeze={unfreeze!r})") from None
+    unfreezing = _unfreezing(base_model, unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor, freeze_batchnorm)
     train, steps, bn_data = _training_batches(
         _epoch_source(train_data, batch_size, seed), classes, model.input_shape[-1], epochs,
         resumed_epoch(backup_dir), augmentation, mixing, seed,
@@ -513,15 +528,7 @@ def fine_tune(
     recipe = [unfreezing, *_recipe_callbacks(seed, schedule, epochs, warmup_epochs, swa, swa_lr, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
-    with strategy.scope():
-        if isinstance(optimizer, str):
-            optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
-        # Keras's own loss (our uniform smoothing is the same), so a saved model reloads without this package.
-        model.compile(
-            optimizer,
-            keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
+    _compile(model, optimizer, learning_rate, label_smoothing, from_logits, strategy)
     history = model.fit(
         train.prefetch(tf.data.AUTOTUNE),
         validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
