@@ -15,8 +15,8 @@ import re
 
 import keras
 
-from keras_finetune.validation import check_positive
 from keras_finetune.freezing import _all_layers
+from keras_finetune.validation import check_positive
 
 __all__ = ["discriminative_optimizer"]
 

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_finetune.validation import check_count
 from keras_finetune.freezing import _all_layers, _check_layer, batchnorm_layers
+from keras_finetune.validation import check_count
 
 __all__ = ["update_batchnorm"]
 

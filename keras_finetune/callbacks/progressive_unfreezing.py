@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.validation import check_positive, is_int
 from keras_finetune.freezing import _all_layers, _size, batchnorm_to_freeze, unfreeze
+from keras_finetune.validation import check_positive, is_int
 
 __all__ = ["ProgressiveUnfreezing"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_finetune.validation import check_epoch, epoch_of
 from keras_finetune.layers.mixing import _Mixing
+from keras_finetune.validation import check_epoch, epoch_of
 
 __all__ = ["StopMixing"]
 

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.validation import check_count, check_epoch, check_positive, epoch_of
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+from keras_finetune.validation import check_count, check_epoch, check_positive, epoch_of
 
 __all__ = ["SWA"]
 
