@@ -16,8 +16,8 @@ from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
 from keras_finetune.validation import (
-    check_bool, check_count, check_epoch, check_fraction, check_positive, class_ids, ends_in_softmax, epoch_of, is_int,
-    check_not_empty, output_activation,
+    check_bool, check_count, check_epoch, check_fraction, check_not_empty, check_positive, class_ids, ends_in_softmax,
+    epoch_of, is_int, output_activation,
 )
 
 __all__ = ["fine_tune"]
