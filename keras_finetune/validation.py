@@ -53,7 +53,7 @@ def check_number(value, argument: str, low: float = -math.inf, high: float = mat
 
 
 def _bounds(low: float, high: float, open_low: bool, open_high: bool) -> str:
-    """ "a finite number > 0", "a finite number in [0, 1)"... """
+    """The bounds in words: "a finite number > 0", "a number in [0, 1)"."""
     if high == math.inf:
         return "a finite number" if low == -math.inf else f"a finite number {'>' if open_low else '>='} {low:g}"
     return f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
