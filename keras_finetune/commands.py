@@ -492,6 +492,9 @@ def distill(
         size, channels = _input_size(teacher_model, image_size, "--teacher"), _channels(teacher_model, "--teacher")
         student_model = _student(student, student_weights, len(folder.classes), size)
         _output_size(student_model, folder.classes, "--student")
+        if _channels(student_model, "--student") != channels:
+            raise ValueError(f"--student must take the teacher's {channels}-channel images. "
+                             f"Received: input shape {student_model.input_shape}")
         follow_untrained_batchnorm(student_model)  # a student from scratch: statistics that keep up
         distiller = Distiller(student_model, teacher_model)
         distiller.compile(

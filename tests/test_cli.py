@@ -144,6 +144,7 @@ def bad_inputs(root, trained_model):
     broken = write_image_folder(root / "broken", classes=("cat", "dog"), per_class=5, size=32)
     (root / "broken" / "dog" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     three = write_image_folder(root / "three", classes=("a", "b", "c"), size=32)
+    owls = write_image_folder(root / "owls", classes=("cat", "dog", "owl"), size=32)
     base = tiny_base(root / "base.keras")
     train = ["train", "--epochs", "1", "--out", str(root / "out")]
     distill = ["distill", "--student", "MobileNetV3Small", "--epochs", "1", "--out", str(root / "out")]
@@ -161,6 +162,8 @@ def bad_inputs(root, trained_model):
         (train + ["--resume"], f"--resume needs the run.json of the interrupted run in --out. Received: {str(root / 'out')!r}"),
         (train + ["--backbone", base], "--data is required (a folder of class subfolders), unless --resume"),
         (distill + ["--data", good, "--teacher", str(root / "none.keras")], "--teacher must be a .keras file."),
+        (["distill", "--student", "glyphs", "--data", owls, "--teacher", trained_model, "--out", str(root / "out")],
+         "--student must take the teacher's 3-channel images. Received: input shape (None, 32, 32, 1)"),
         (distill + ["--data", good, "--teacher", trained_model], "--teacher must output one score per class of --data (2: cat, dog)"),
     ]
 
