@@ -18,11 +18,12 @@ _NAMES = {
     "lr_find": "callbacks",
     "smooth_labels": "losses",
     "trainable_summary": "freezing",
+    "tta_predict": "tta",
     "unfreeze": "freezing",
 }
 _SUBMODULES = (
     "backbones", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
-    "optimizers", "recipe", "report",
+    "optimizers", "recipe", "report", "tta",
 )
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]

@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(evaluate)
     evaluate.add_argument("--data", required=True, metavar="DIR", help="labelled images, one subfolder per class")
+    evaluate.add_argument("--tta", type=_positive_int, default=0, metavar="N",
+                          help="average each image's probabilities over N augmented views (test-time augmentation)")
     predict = commands.add_parser(
         "predict",
         help="the predicted class and its probability for each image",
@@ -268,7 +270,7 @@ def _run(args) -> None:
             temperature=args.temperature, seed=args.seed, out=args.out,
         )
     elif args.command == "evaluate":
-        result = commands.evaluate(args.model, args.data, batch_size=args.batch_size)
+        result = commands.evaluate(args.model, args.data, batch_size=args.batch_size, tta=args.tta)
         if args.json:
             print(json.dumps(result))
         else:

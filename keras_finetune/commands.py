@@ -41,10 +41,12 @@ from keras_finetune.image_folders import (
     read_image_folder,
     undecodable_images,
 )
+from keras_finetune.layers import image_augmentation
 from keras_finetune.models import Distiller
 from keras_finetune.pretrained import names
 from keras_finetune.recipe import fine_tune
 from keras_finetune.report import plot_history
+from keras_finetune.tta import tta_predict
 from keras_finetune.validation import check_bool, check_count, check_fraction, check_positive, ends_in_softmax, is_int
 
 __all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "train"]
@@ -108,6 +110,19 @@ def _probabilities(model: keras.Model, batches) -> np.ndarray:
     if not ends_in_softmax(model):
         outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
     return outputs
+
+
+def _tta_probabilities(loaded: keras.Model, path: str, batches, views: int) -> np.ndarray:
+    """`tta_predict` with the views that suit the model: the glyphs base's shifts (a flipped glyph is
+    another glyph) when its run says it was trained on that base, else crops and flips."""
+    run = os.path.join(os.path.dirname(path), RUN_FILE)
+    backbone = None
+    if os.path.isfile(run):
+        with open(run) as file:
+            backbone = json.load(file).get("backbone")
+    if backbone in names():
+        return tta_predict(loaded, batches, image_augmentation(**{**glyphs.AUGMENTATION, "seed": 0}), n=views, flip=False)
+    return tta_predict(loaded, batches, n=views, seed=0)
 
 
 def _accuracy(model: keras.Model, folder: ImageFolder, size: int, channels: int, batch_size: int) -> float:
@@ -539,11 +554,15 @@ def _student(student: str, weights, num_classes: int, size: int) -> keras.Model:
     return model
 
 
-def evaluate(model: str, data: str, batch_size: int = 32) -> dict:
+def evaluate(model: str, data: str, batch_size: int = 32, tta: int = 0) -> dict:
     """Accuracy, per-class precision and recall and the confusion matrix of a saved classifier on a labelled folder.
 
     The folder's subfolders must be classes of the model (`classes.json`
-    beside it); a folder may hold only some of them.
+    beside it); a folder may hold only some of them. With `tta` > 0 each
+    image's probabilities are averaged over `tta` augmented views
+    (`tta_predict`): random crops and flips, or, for a model trained on the
+    shipped `glyphs` base (its `run.json` says so), the base's one-pixel
+    shifts without flips.
 
     Returns:
         `{"accuracy", "images", "classes", "per_class": {name: {"precision",
@@ -552,10 +571,13 @@ def evaluate(model: str, data: str, batch_size: int = 32) -> dict:
         predicted).
     """
     check_count(batch_size, "batch_size", 1)
+    check_count(tta, "tta", 0)
     loaded, classes, size, channels = _loaded(model, "--model")
     folder = read_image_folder(data, "--data", classes)
     _check_images(folder.paths)
-    predicted = np.argmax(_probabilities(loaded, image_batches(folder.paths, None, size, channels, batch_size)), -1)
+    batches = image_batches(folder.paths, None, size, channels, batch_size)
+    probabilities = _tta_probabilities(loaded, model, batches, tta) if tta else _probabilities(loaded, batches)
+    predicted = np.argmax(probabilities, -1)
     matrix = np.zeros((len(classes), len(classes)), "int64")
     np.add.at(matrix, (folder.labels, predicted), 1)
     per_class = {

@@ -325,3 +325,27 @@ def test_a_failed_save_keeps_the_trained_model_in_the_temporary_folder(tmp_path,
     np.testing.assert_array_equal(keras.models.load_model(kept).get_weights()[0], model.get_weights()[0])
     os.remove(kept)
     assert list(out.iterdir()) == []  # no half-written model left under --out
+
+
+def test_evaluate_with_tta_averages_views_and_uses_the_glyphs_shifts_for_that_base(trained, tmp_path, capsys):
+    from keras_finetune import glyphs, tta_predict
+    from keras_finetune.image_folders import image_batches, read_image_folder
+    from keras_finetune.layers import image_augmentation
+
+    out_dir, folder = trained[3], read_image_folder(trained[2])
+    model = keras.models.load_model(out_dir / "model.keras")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(out_dir / "model.keras"), "--data", trained[2], "--tta", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    crops = tta_predict(model, image_batches(folder.paths, None, 32, 3, 32), n=4, seed=0)
+    assert result["accuracy"] == pytest.approx(np.mean(crops.argmax(-1) == folder.labels))
+    # A model whose run.json names the glyphs base gets its one-pixel shifts and no flips.
+    (tmp_path / "model.keras").write_bytes((out_dir / "model.keras").read_bytes())
+    (tmp_path / "classes.json").write_text((out_dir / "classes.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({"backbone": "glyphs"}))
+    from keras_finetune.commands import _tta_probabilities
+
+    batches = image_batches(folder.paths, None, 32, 3, 32)
+    shifts = tta_predict(model, batches, image_augmentation(**{**glyphs.AUGMENTATION, "seed": 0}), n=4, flip=False)
+    np.testing.assert_allclose(_tta_probabilities(model, str(tmp_path / "model.keras"), batches, 4), shifts, rtol=1e-6)
+    assert not np.allclose(shifts, crops)
