@@ -78,6 +78,8 @@ def _add_model(command) -> None:
                          help="a .keras classifier with classes.json beside it (as train and distill write them)")
     command.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: 32)")
     command.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    command.add_argument("--tta", type=_positive_int, default=0, metavar="N",
+                         help="average each image's probabilities over N augmented views (test-time augmentation)")
 
 
 def _add_train(commands) -> None:
@@ -187,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(evaluate)
     evaluate.add_argument("--data", required=True, metavar="DIR", help="labelled images, one subfolder per class")
-    evaluate.add_argument("--tta", type=_positive_int, default=0, metavar="N",
-                          help="average each image's probabilities over N augmented views (test-time augmentation)")
     predict = commands.add_parser(
         "predict",
         help="the predicted class and its probability for each image",
@@ -276,7 +276,7 @@ def _run(args) -> None:
         else:
             _print_evaluation(result)
     else:
-        results = commands.predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
+        results = commands.predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size, tta=args.tta)
         if args.json:
             print(json.dumps(results))
         for result in [] if args.json else results:

@@ -113,8 +113,11 @@ def _probabilities(model: keras.Model, batches) -> np.ndarray:
 
 
 def _tta_probabilities(loaded: keras.Model, path: str, batches, views: int) -> np.ndarray:
-    """`tta_predict` with the views that suit the model: the glyphs base's shifts (a flipped glyph is
-    another glyph) when its run says it was trained on that base, else crops and flips."""
+    """Plain probabilities when `views` is 0, else `tta_predict` with the views that suit the model:
+    the glyphs base's shifts (a flipped glyph is another glyph) when its run says it was trained on
+    that base, crops and flips otherwise."""
+    if not views:
+        return _probabilities(loaded, batches)
     run = os.path.join(os.path.dirname(path), RUN_FILE)
     backbone = None
     if os.path.isfile(run):
@@ -575,9 +578,7 @@ def evaluate(model: str, data: str, batch_size: int = 32, tta: int = 0) -> dict:
     loaded, classes, size, channels = _loaded(model, "--model")
     folder = read_image_folder(data, "--data", classes)
     _check_images(folder.paths)
-    batches = image_batches(folder.paths, None, size, channels, batch_size)
-    probabilities = _tta_probabilities(loaded, model, batches, tta) if tta else _probabilities(loaded, batches)
-    predicted = np.argmax(probabilities, -1)
+    predicted = np.argmax(_tta_probabilities(loaded, model, image_batches(folder.paths, None, size, channels, batch_size), tta), -1)
     matrix = np.zeros((len(classes), len(classes)), "int64")
     np.add.at(matrix, (folder.labels, predicted), 1)
     per_class = {
@@ -597,8 +598,9 @@ def evaluate(model: str, data: str, batch_size: int = 32, tta: int = 0) -> dict:
     }
 
 
-def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32) -> list[dict]:
-    """The `top_k` classes and probabilities a saved classifier gives each image (files, or folders of them).
+def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32, tta: int = 0) -> list[dict]:
+    """The `top_k` classes and probabilities a saved classifier gives each image (files, or folders of them);
+    with `tta` > 0 averaged over that many augmented views, as `evaluate` does.
 
     Returns:
         One `{"path", "top": [{"class", "probability"}, ...]}` per image, in
@@ -606,12 +608,13 @@ def predict(model: str, images: list[str], top_k: int = 1, batch_size: int = 32)
     """
     check_count(top_k, "top_k", 1)
     check_count(batch_size, "batch_size", 1)
+    check_count(tta, "tta", 0)
     loaded, classes, size, channels = _loaded(model, "--model")
     if top_k > len(classes):
         raise ValueError(f"--top-k must be at most the model's {len(classes)} classes. Received: {top_k}")
     paths = image_files(images)
     _check_images(paths)
-    probabilities = _probabilities(loaded, image_batches(paths, None, size, channels, batch_size))
+    probabilities = _tta_probabilities(loaded, model, image_batches(paths, None, size, channels, batch_size), tta)
     best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return [
         {"path": path, "top": [{"class": classes[i], "probability": float(row[i])} for i in order]}

@@ -339,6 +339,9 @@ def test_evaluate_with_tta_averages_views_and_uses_the_glyphs_shifts_for_that_ba
     result = json.loads(capsys.readouterr().out)
     crops = tta_predict(model, image_batches(folder.paths, None, 32, 3, 32), n=4, seed=0)
     assert result["accuracy"] == pytest.approx(np.mean(crops.argmax(-1) == folder.labels))
+    assert cli.main(["predict", "--model", str(out_dir / "model.keras"), "--tta", "4", "--json", trained[2]]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([row["top"][0]["probability"] for row in rows], crops.max(-1), rtol=1e-5)
     # A model whose run.json names the glyphs base gets its one-pixel shifts and no flips.
     (tmp_path / "model.keras").write_bytes((out_dir / "model.keras").read_bytes())
     (tmp_path / "classes.json").write_text((out_dir / "classes.json").read_text())
