@@ -202,6 +202,16 @@ def _check_numbers(epochs, batch_size, val_split, seed, learning_rate=None, imag
         check_count(image_size, "image_size", 1)
 
 
+def _check_train_options(arguments: dict, resume) -> None:
+    """`train`'s own options (beside those `_check_numbers` checks), given as its arguments' dict."""
+    check_fraction(arguments["label_smoothing"], "label_smoothing", below_one=True)
+    for name in ("augmentation", "mixing", "mixed_precision", "tensorboard"):
+        check_bool(arguments[name], name)
+    check_bool(resume, "resume")
+    if arguments["early_stopping"] is not None:
+        check_count(arguments["early_stopping"], "early_stopping", 1)
+
+
 def _check_out(out: str) -> None:
     """A ValueError for an `--out` that cannot be written or that another run holds: said before
     anything is loaded or trained, and without making the folder."""
@@ -384,12 +394,7 @@ def train(
     for name in ("data", "val"):  # so that --resume works from another directory
         arguments[name] = arguments[name] and os.path.abspath(arguments[name])
     _check_numbers(epochs, batch_size, val_split, seed, learning_rate, image_size)
-    check_fraction(label_smoothing, "label_smoothing", below_one=True)
-    flags = {"augmentation": augmentation, "mixing": mixing, "mixed_precision": mixed_precision, "tensorboard": tensorboard}
-    for name, value in {**flags, "resume": resume}.items():
-        check_bool(value, name)
-    if early_stopping is not None:
-        check_count(early_stopping, "early_stopping", 1)
+    _check_train_options(arguments, resume)
     folder = read_image_folder(data)
     _check_out(out)
     _check_backup(out, resume)
