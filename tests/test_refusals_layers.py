@@ -79,8 +79,14 @@ def test_augmentation_refuses_images_in_zero_one_with_its_default_range():
     np.testing.assert_array_equal(PixelRange((0, 255))(np.zeros((2, 4, 4, 3), "float32")), 0.0)
 
 
+def test_augmentation_refuses_channels_last_images_called_channels_first():
+    with pytest.raises(ValueError, match=r"image_augmentation has data_format='channels_first'.*\(16, 8, 8, 3\)"):
+        image_augmentation(data_format="channels_first", seed=0)(IMAGES, training=True)
+
+
 def test_pixel_range_is_only_there_when_a_colour_layer_reads_the_range():
     kinds = [type(layer).__name__ for layer in image_augmentation(brightness=None, contrast=None, saturation=None, hue=None).layers]
     assert "PixelRange" not in kinds
     assert type(image_augmentation().layers[0]).__name__ == "PixelRange"
-    assert PixelRange.from_config(PixelRange((0, 1)).get_config()).value_range == (0.0, 1.0)
+    restored = PixelRange.from_config(PixelRange((0, 1), data_format="channels_first").get_config())
+    assert (restored.value_range, restored.data_format) == ((0.0, 1.0), "channels_first")

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from keras_finetune.layers.random_resized_crop import RandomResizedCrop
-from keras_finetune.validation import check_number, check_pair
+from keras_finetune.validation import check_channel_axis, check_data_format, check_number, check_pair
 
 __all__ = ["image_augmentation"]
 
@@ -32,21 +32,27 @@ class PixelRange(keras.layers.Layer):
     `RandomBrightness(0.2, value_range=(0, 255))` get shifts of ±51. A batch
     whose pixels leave the range, or one that looks scaled to [0, 1] (largest
     pixel in (0, 1]) while the range reaches above 1, stops with an
-    `InvalidArgumentError` that names `value_range`.
+    `InvalidArgumentError` that names `value_range`. A batch whose channels
+    plainly sit on the other axis than `data_format` is refused as well (the
+    colour layers would mix rows instead of channels).
 
     Args:
         value_range: (min, max). The range the colour layers were given.
+        data_format: str. `"channels_last"` or `"channels_first"`. Defaults
+            to Keras's `image_data_format()`.
     """
 
-    def __init__(self, value_range, **kwargs):
+    def __init__(self, value_range, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.value_range = check_pair(value_range, "value_range", strict=True)
+        self.data_format = check_data_format(data_format)
         self._convert_input_args = False  # images keep their dtype
         self._allow_non_tensor_positional_args = True
         self.built = True
 
     def call(self, images):
         images = tf.convert_to_tensor(images)
+        check_channel_axis(images.shape, self.data_format, "image_augmentation")
         pixels = tf.cast(images, "float32")
         low, high = self.value_range
         smallest, largest = tf.reduce_min(pixels), tf.reduce_max(pixels)
@@ -71,7 +77,7 @@ class PixelRange(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "value_range": self.value_range}
+        return {**super().get_config(), "value_range": self.value_range, "data_format": self.data_format}
 
 
 def image_augmentation(
@@ -197,6 +203,6 @@ def image_augmentation(
         if setting is not None:
             parts.append(make(layer_seed(index)))
     if any(setting is not None for setting, _ in candidates[-4:]):  # the colour layers take value_range on trust
-        parts.insert(0, PixelRange(value_range))
+        parts.insert(0, PixelRange(value_range, **common))
     # Keras cannot call an empty Sequential.
     return keras.Sequential(parts or [keras.layers.Identity()], name=name)
