@@ -7,12 +7,16 @@ Three things Keras does not offer in public:
 - making a built optimizer cover variables that will only start training
   later, keeping the state it already has;
 - letting `ProgressiveUnfreezing` hand each phase's learning rate to the one
-  epoch schedule of the same `fit`, and both hand the rate over to `SWA` once
-  it anneals, whatever order the callbacks run in.
+  schedule of the same `fit`, and both hand the rate over to `SWA` once it
+  anneals, whatever order the callbacks run in;
+- changing an optimizer's momentum (`beta_1`, or SGD's and RMSprop's
+  `momentum`) between steps, which Keras reads as a Python float when it
+  traces the train step.
 """
 
 from __future__ import annotations
 
+import types
 import weakref
 
 import keras
@@ -123,6 +127,82 @@ def _carry_state(old, new) -> None:
         )
     for variable in old.variables:
         new_by_path[variable.path].assign(np.asarray(variable.numpy()))
+
+
+class _Momentum(keras.Variable):
+    """A variable standing in for an optimizer's float momentum while a callback cycles it.
+
+    SGD and RMSprop decide when they are built and traced whether they keep
+    momentum slots at all (`momentum != 0`, `momentum > 0`); those Python
+    comparisons answer for the value the optimizer was compiled with.
+    """
+
+    def __init__(self, value: float, **kwargs):
+        super().__init__(value, dtype="float32", trainable=False, aggregation="only_first_replica", **kwargs)
+        self.compiled = value
+
+    def __ne__(self, other):
+        if isinstance(other, (int, float)):
+            return self.compiled != other
+        return super().__ne__(other)
+
+    def __gt__(self, other):
+        if isinstance(other, (int, float)):
+            return self.compiled > other
+        return super().__gt__(other)
+
+
+def momentum_attribute(holder) -> str | None:
+    """`beta_1` (the Adam family, Lion), `momentum` (SGD, RMSprop), or None."""
+    for attribute in ("beta_1", "momentum"):
+        if isinstance(getattr(holder, attribute, None), (float, _Momentum)):
+            return attribute
+    return None
+
+
+def variable_momentum(model: keras.Model, caller: str) -> list:
+    """Put a `_Momentum` variable in place of each optimizer's momentum; returns them.
+
+    The train step is traced again, so it reads the variables; `fixed_momentum`
+    puts the floats back. Meanwhile the optimizer's config holds the compiled
+    float, so a model saved mid-`fit` (ModelCheckpoint) reloads.
+    """
+    variables = []
+    for holder in _holders(model.optimizer):
+        attribute = momentum_attribute(holder)
+        value = getattr(holder, attribute, None) if attribute else None
+        if getattr(value, "compiled", value) in (None, 0):
+            raise ValueError(
+                f"{caller} cycles the momentum, but {type(holder).__name__} {holder.name!r} has none "
+                f"(`beta_1`, or `momentum` > 0 when compiled). Compile SGD or RMSprop with momentum > 0, "
+                f"or pass cycle_momentum=False. Received: optimizer={type(holder).__name__}"
+                + (f"(momentum={holder.momentum})" if attribute == "momentum" else "")
+            )
+        if not isinstance(value, _Momentum):
+            with model.distribute_strategy.scope():
+                value = _Momentum(value, name=f"{holder.name}_{attribute}")
+            # Past the optimizer's tracker: the variable must not join its saved state.
+            object.__setattr__(holder, attribute, value)
+            object.__setattr__(holder, "get_config", types.MethodType(_compiled_config, holder))
+        variables.append(value)
+    model.make_train_function(force=True)
+    return variables
+
+
+def _compiled_config(holder) -> dict:
+    config = type(holder).get_config(holder)
+    return {key: value.compiled if isinstance(value, _Momentum) else value for key, value in config.items()}
+
+
+def fixed_momentum(model: keras.Model) -> None:
+    """Put back the compiled floats that `variable_momentum` replaced."""
+    for holder in _holders(model.optimizer):
+        attribute = momentum_attribute(holder)
+        value = getattr(holder, attribute, None) if attribute else None
+        if isinstance(value, _Momentum):
+            object.__setattr__(holder, attribute, value.compiled)
+            object.__delattr__(holder, "get_config")
+    model.make_train_function(force=True)
 
 
 def clear_controllers(model) -> None:

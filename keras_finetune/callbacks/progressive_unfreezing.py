@@ -214,6 +214,10 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             )
         return rates
 
+    def phase_starts(self) -> list:
+        """The first epoch of each phase, in order."""
+        return list(self._starts)
+
     def phase_index(self, epoch: int) -> int:
         """Index of the phase that `epoch` belongs to."""
         return int(np.searchsorted(self._starts, epoch, side="right")) - 1

@@ -1,0 +1,207 @@
+"""The one-cycle policy as a `fit` callback: a per-step rate and momentum cycle.
+
+fastai's `fit_one_cycle` and PyTorch's `OneCycleLR` warm the rate up from
+`max_lr / div` to `max_lr` and anneal it down to `max_lr / (div * final_div)`
+along cosines, step by step, while the momentum moves the other way. Keras has
+no such schedule, and its optimizers read `beta_1` and `momentum` as Python
+floats when the train step is traced, so a callback that sets them does
+nothing; this one puts variables in their place for the length of the `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from keras_finetune.callbacks import _optimizer
+from keras_finetune.validation import check_bool, check_fraction, check_number, check_positive
+
+__all__ = ["OneCycle", "one_cycle_fraction"]
+
+
+def _anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (1.0 + math.cos(math.pi * pct))
+
+
+def _position(step: int, total: int, pct_start: float) -> tuple[int, float]:
+    """(0 for the warm-up or 1 for the annealing, fraction of it done), as `OneCycleLR` steps."""
+    warm_end = pct_start * total - 1
+    if step <= warm_end:
+        return 0, step / warm_end if warm_end else 1.0
+    span = (total - 1) - warm_end
+    return 1, (step - warm_end) / span if span else 1.0
+
+
+def one_cycle_fraction(step: int, total: int, pct_start: float, div: float, final_div: float) -> float:
+    """The rate of `step` (from 0) of a `total`-step cycle, as a fraction of `max_lr`."""
+    phase, pct = _position(step, total, pct_start)
+    if phase == 0:
+        return _anneal(1.0 / div, 1.0, pct)
+    return _anneal(1.0, 1.0 / (div * final_div), pct)
+
+
+class OneCycle(keras.callbacks.Callback):
+    """The one-cycle policy: per-step cosine warm-up and annealing, momentum cycled inversely.
+
+    Step `t` (from 0) of a cycle of `T` steps gets the rate PyTorch's
+    `torch.optim.lr_scheduler.OneCycleLR` (cosine, two phases) gives it:
+    with `a = pct_start * T - 1`, steps `t <= a` rise from `max_lr / div` to
+    `max_lr` as `end + (start - end) * (1 + cos(pi * t / a)) / 2`, and later
+    steps fall from `max_lr` to `max_lr / (div * final_div)` over
+    `(t - a) / (T - 1 - a)`. With `cycle_momentum`, the optimizer's momentum
+    (`beta_1` of Adam, AdamW, Nadam, Adamax and Lion; `momentum` of SGD and
+    RMSprop compiled with momentum > 0) moves from `max_momentum` to
+    `base_momentum` and back over the same two phases. The cycle spans the
+    `fit`'s `epochs` times its steps per epoch, known from `fit`.
+
+    With `ProgressiveUnfreezing` in the same `fit`, a phase that sets a
+    learning rate sets the peak of the cycle (in place of `max_lr`), and
+    with `restart_per_phase=True` each phase runs a cycle of its own, as
+    fastai's `fine_tune` does (one cycle frozen, one unfrozen). Once `SWA`
+    anneals the rate (its `swa_lr`), the rate is left to it. With a
+    `keras.optimizers.MultiOptimizer` the rate set is that of the default
+    optimizer, the others keep their ratios to it; every sub-optimizer's
+    momentum is cycled.
+
+    The rate and momentum follow from the epoch and the batch alone, so a
+    run resumed by `keras.callbacks.BackupAndRestore` goes on mid-cycle as
+    the uninterrupted one did. When `fit` ends the optimizer gets its
+    compiled momentum back (its config, and a saved model, hold a float).
+    With `steps_per_execution=k`, Keras calls the callback every `k` steps,
+    so the rate changes every `k` steps.
+
+    Epoch logs gain `learning_rate` and `momentum` (those of the epoch's
+    last step).
+
+    Args:
+        max_lr: float. The peak rate, > 0.
+        pct_start: float. The fraction of the cycle spent warming up, in
+            (0, 1). Defaults to `0.25` (fastai's; PyTorch's is 0.3).
+        div: float. The cycle starts at `max_lr / div`. Defaults to `25.0`.
+        final_div: float. It ends at `max_lr / (div * final_div)`. Defaults
+            to `1e4`.
+        cycle_momentum: bool. Cycle the momentum too. Defaults to `True`.
+        base_momentum: float. The momentum at the peak rate. Defaults to `0.85`.
+        max_momentum: float. The momentum at both ends. Defaults to `0.95`.
+        restart_per_phase: bool. One cycle per phase of a
+            `ProgressiveUnfreezing` in the same `fit`. Defaults to `False`.
+        verbose: int. 1 prints the rate at each epoch's start. Defaults to `0`.
+
+    Example:
+
+    ```python
+    model.compile(keras.optimizers.AdamW(1e-3), "sparse_categorical_crossentropy")
+    model.fit(train_ds, epochs=10, callbacks=[OneCycle(max_lr=3e-3)])
+    ```
+
+    References:
+        Smith and Topin, Super-Convergence: Very Fast Training of Neural
+        Networks Using Large Learning Rates, arXiv 1708.07120.
+    """
+
+    def __init__(
+        self,
+        max_lr: float,
+        pct_start: float = 0.25,
+        div: float = 25.0,
+        final_div: float = 1e4,
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        restart_per_phase: bool = False,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        self.max_lr = check_positive(max_lr, "max_lr")
+        self.pct_start = check_number(pct_start, "pct_start", 0.0, 1.0, open_low=True, open_high=True)
+        self.div = check_number(div, "div", 1.0)
+        self.final_div = check_number(final_div, "final_div", 1.0)
+        self.cycle_momentum = check_bool(cycle_momentum, "cycle_momentum")
+        self.base_momentum = check_fraction(base_momentum, "base_momentum", below_one=True)
+        self.max_momentum = check_fraction(max_momentum, "max_momentum", below_one=True)
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(
+                "`base_momentum` is the momentum at the peak rate, the low end of its cycle, and must not exceed "
+                f"`max_momentum`. Received: base_momentum={base_momentum}, max_momentum={max_momentum}"
+            )
+        self.restart_per_phase = check_bool(restart_per_phase, "restart_per_phase")
+        self.verbose = verbose
+        self._momenta = []
+        self._cycles = None
+        self._epoch = 0
+
+    def set_model(self, model) -> None:
+        super().set_model(model)
+        _optimizer.clear_controllers(model)
+
+    def on_train_begin(self, logs=None) -> None:
+        if getattr(self.model, "optimizer", None) is None:
+            raise ValueError("OneCycle needs a compiled model: call `compile` first.")
+        if not self.params.get("steps"):
+            raise ValueError(
+                "OneCycle needs the number of steps per epoch, and `fit` does not know it for this data "
+                "(a dataset of unknown length): pass `steps_per_epoch` to `fit`. "
+                f"Received: steps={self.params.get('steps')!r}"
+            )
+        _optimizer.check_settable(self.model.optimizer, "OneCycle")
+        _optimizer.register_controller(self.model, "schedule", self)
+        if self.cycle_momentum:
+            self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
+        self._cycles = None
+
+    def _make_cycles(self) -> list:
+        """(first epoch, epoch after the last, peak rate) of each cycle; read once every callback's on_train_begin ran."""
+        epochs = self.params["epochs"]
+        phases = _optimizer.controller(self.model, "phases")
+        if phases is None:
+            return [(0, epochs, self.max_lr)]
+        if phases.warmup_steps:
+            raise ValueError(
+                "OneCycle warms the rate up itself; ProgressiveUnfreezing's `warmup_steps` would fight it. "
+                f"Leave one out. Received: warmup_steps={phases.warmup_steps}"
+            )
+        starts = [start for start in phases.phase_starts() if start < epochs] if self.restart_per_phase else [0]
+        ends = starts[1:] + [epochs]
+        return [(start, end, phases.base_learning_rate(start) or self.max_lr) for start, end in zip(starts, ends)]
+
+    def values(self, epoch: int, batch: int) -> tuple[float, float]:
+        """The rate and momentum of step `batch` of `epoch` in this `fit`."""
+        first, end, peak = next(cycle for cycle in reversed(self._cycles) if cycle[0] <= epoch)
+        steps = self.params["steps"]
+        phases = _optimizer.controller(self.model, "phases")
+        if phases is not None and not self.restart_per_phase:
+            peak = phases.base_learning_rate(epoch) or self.max_lr
+        step, total = (epoch - first) * steps + batch, (end - first) * steps
+        rate = peak * one_cycle_fraction(step, total, self.pct_start, self.div, self.final_div)
+        phase, pct = _position(step, total, self.pct_start)
+        ends = (self.max_momentum, self.base_momentum)
+        momentum = _anneal(*(ends if phase == 0 else ends[::-1]), pct)
+        return rate, momentum
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self._cycles is None:
+            self._cycles = self._make_cycles()
+        self._epoch = epoch
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: OneCycle starts the epoch at learning rate {self.values(epoch, 0)[0]:.4g}.")
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        rate, momentum = self.values(self._epoch, batch)
+        if not _optimizer.swa_sets_rate(self.model, self._epoch):
+            _optimizer.set_learning_rate(self.model.optimizer, rate)
+        for variable in self._momenta:
+            variable.assign(momentum)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is None:
+            return
+        logs["learning_rate"] = _optimizer.current_learning_rate(self.model.optimizer)
+        if self._momenta:
+            logs["momentum"] = float(self._momenta[0].numpy())
+
+    def on_train_end(self, logs=None) -> None:
+        _optimizer.clear_controllers(self.model)
+        if self._momenta:
+            _optimizer.fixed_momentum(self.model)
+            self._momenta = []
