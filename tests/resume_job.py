@@ -5,7 +5,8 @@
 PART is the resumable part under test: `unfreezing` (ProgressiveUnfreezing with
 CosineAnnealing), `steps` (ProgressiveUnfreezing with StepLR), `one_cycle`
 (OneCycle restarted per phase, its momentum cycled), `swa` (SWA with its
-backup_dir) or `fine_tune` (its backup_dir). Every run has a dropout
+backup_dir), `ema` (EMA with its backup_dir, an update every 4 steps) or
+`fine_tune` (its backup_dir). Every run has a dropout
 head, a shuffled and augmented pipeline whose epoch e depends on (seed, e)
 alone (`epoch_order`, `reseed`), `EpochSeeds` and `AtomicBackup`, as a user
 composes them. `--kill-at N` sends this process SIGKILL after its N-th batch,
@@ -25,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_finetune import fine_tune  # noqa: E402
 from keras_finetune.callbacks import (  # noqa: E402
-    SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, StepLR,
+    EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, StepLR,
 )
 from keras_finetune.callbacks.backup import resumed_epoch  # noqa: E402
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states  # noqa: E402
@@ -89,6 +90,7 @@ def run_callbacks(part: str, model_base: keras.Model, backup: str) -> list:
         "steps": [unfreezing, StepLR(2, gamma=0.5)],
         "one_cycle": [unfreezing, OneCycle(1e-2, restart_per_phase=True)],
         "swa": [unfreezing, SWA(3, swa_lr=5e-4, bn_data=IMAGES, backup_dir=backup)],
+        "ema": [unfreezing, EMA(0.9, every_n_steps=4, bn_data=IMAGES, backup_dir=backup)],
     }
     return [EpochSeeds(SEED), *parts[part], AtomicBackup(backup)]  # the backup last, once every log is written
 
@@ -111,7 +113,7 @@ def train(part: str, backup: str, stop: list) -> keras.Model:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["unfreezing", "steps", "one_cycle", "swa", "fine_tune"])
+    parser.add_argument("part", choices=["unfreezing", "steps", "one_cycle", "swa", "ema", "fine_tune"])
     parser.add_argument("backup")
     parser.add_argument("weights")
     parser.add_argument("--kill-at", type=int)

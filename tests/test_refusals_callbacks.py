@@ -92,7 +92,7 @@ def test_stop_mixing_refuses_a_layer_the_pipeline_does_not_use(images, int_label
     model.compile("adam", "categorical_crossentropy")
     used, other = MixUp(num_classes=3, seed=0), MixUp(num_classes=3, seed=0)
     dataset = tf.data.Dataset.from_tensor_slices((images, int_labels)).batch(8).map(used)
-    with pytest.raises(ValueError, match=r"never called: \['" + other.name + "'\]"):
+    with pytest.raises(ValueError, match=r"never called: \['" + other.name + r"'\]"):
         model.fit(dataset, epochs=3, verbose=0, callbacks=[StopMixing(other, 1)])
     history = model.fit(dataset, epochs=3, verbose=0, callbacks=[StopMixing(used, 1)])
     assert history.history["mixing"] == [1.0, 0.0, 0.0]

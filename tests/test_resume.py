@@ -24,7 +24,7 @@ def weights_of(path):
         return [stored[f"arr_{index}"] for index in range(len(stored.files))]
 
 
-@pytest.mark.parametrize("part", ["unfreezing", "steps", "one_cycle", "swa", "fine_tune"])
+@pytest.mark.parametrize("part", ["unfreezing", "steps", "one_cycle", "swa", "ema", "fine_tune"])
 def test_a_run_killed_then_interrupted_ends_with_the_uninterrupted_weights(part, tmp_path):
     whole = job(part, tmp_path / "whole_backup", tmp_path / "whole.npz")
     assert whole.returncode == 0, whole.stderr

@@ -12,39 +12,19 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import warnings
-import zipfile
 
 import keras
-import numpy as np
 
 from keras_finetune.callbacks import _optimizer
+from keras_finetune.callbacks._averaging import WeightAverage
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 from keras_finetune.validation import check_count, check_epoch, check_positive, epoch_of
 
 __all__ = ["SWA"]
 
-_STATE_FILE = "swa_state.npz"
-_PREVIOUS_FILE = "swa_state.previous.npz"
-# Written whole before it is renamed to _STATE_FILE; a kill between the renames leaves it as the newest state.
-_PARTIAL_FILE = "swa_state.partial.npz"
-
-
-@dataclasses.dataclass
-class _State:
-    """The running average after the epoch `last_epoch` was averaged."""
-
-    averages: list
-    count: int = 0
-    last_epoch: int = -1
-    anneal_from: float = math.nan  # the rate the annealing starts from
-
-
-def _averaged(variable) -> bool:
-    return "float" in str(variable.dtype)
+_STEM = "swa"  # its state is swa_state.npz in `backup_dir`
 
 
 class SWA(keras.callbacks.Callback):
@@ -170,8 +150,7 @@ class SWA(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self.verbose = verbose
         self._start = None
-        self._variables = []
-        self._state = None
+        self._average = None
         self._resumed = False
 
     def sets_rate(self, epoch: int) -> bool:
@@ -205,91 +184,78 @@ class SWA(keras.callbacks.Callback):
         if self.swa_lr is not None:
             _optimizer.check_settable(self.model.optimizer, "SWA")
             _optimizer.register_controller(self.model, "swa", self)
-        self._variables = [v for v in self.model.weights if _averaged(v)]
+        if self._average is None or self._average.model is not self.model:
+            self._average = WeightAverage(self.model)
         self._resumed = False
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if not self._resumed:
             # Here, not in on_train_begin: BackupAndRestore picks the epoch to
             # resume at in its own on_train_begin.
-            self._state = self._state_for(epoch)
+            self._continue_at(epoch)
             self._resumed = True
         if not self.sets_rate(epoch):
             return
         optimizer = self.model.optimizer
-        if math.isnan(self._state.anneal_from):
-            self._state.anneal_from = _optimizer.current_learning_rate(optimizer)
-        rate = self._rate(epoch, self._state.anneal_from)
+        extras = self._average.extras
+        if math.isnan(extras["anneal_from"]):
+            extras["anneal_from"] = _optimizer.current_learning_rate(optimizer)
+        rate = self._rate(epoch, extras["anneal_from"])
         _optimizer.set_learning_rate(optimizer, rate)
         if self.verbose:
             print(f"Epoch {epoch + 1}: SWA set the learning rate to {rate:.4g}.")
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        state = self._state
+        average = self._average
         if epoch >= self._start:
             self._average_in(epoch)
-            state.last_epoch = epoch
+            average.last_epoch = epoch
             if self.backup_dir is not None:
-                self._save(state)
+                average.save(self.backup_dir, _STEM)
             if self.verbose:
-                print(f"Epoch {epoch + 1}: SWA averaged {state.count} sets of weights.")
+                print(f"Epoch {epoch + 1}: SWA averaged {average.count} sets of weights.")
         if logs is None:
             return
-        logs["swa_n"] = state.count
+        logs["swa_n"] = average.count
         if self.swa_lr is not None:
             logs["learning_rate"] = _optimizer.current_learning_rate(self.model.optimizer)
-        if self.validation_data is not None and state.count:
-            logs.update(self._evaluate_average())
+        if self.validation_data is not None and average.count:
+            logs.update(average.evaluate(self.validation_data, "swa_val_", self.bn_data, self.bn_steps))
 
     def _average_in(self, epoch: int) -> None:
         """Adds the weights at the end of `epoch` to the average, unless one of them is NaN or infinite."""
-        state = self._state
-        # In the average's dtype: float32 under mixed precision.
-        values = [np.asarray(variable.numpy(), average.dtype) for average, variable in zip(state.averages, self._variables)]
-        broken = [variable.path for variable, value in zip(self._variables, values) if not np.isfinite(value).all()]
-        if broken:
+        average = self._average
+        average.update()
+        if average.take_skipped():
             warnings.warn(
-                f"SWA left the weights at the end of epoch {epoch} out of its average: {broken[:3]} hold NaN or "
-                f"infinite values. The average keeps the {state.count} sets of weights before them.",
+                f"SWA left the weights at the end of epoch {epoch} out of its average: {average.broken()[:3]} hold NaN or "
+                f"infinite values. The average keeps the {average.count} sets of weights before them.",
                 stacklevel=3,
             )
-            return
-        state.count += 1
-        for average, value in zip(state.averages, values):
-            average += (value - average) / state.count
 
     def on_train_end(self, logs=None) -> None:
         _optimizer.clear_controllers(self.model)
-        state = self._state
-        if state is None or not state.count:
+        average = self._average
+        if average is None or not average.count:
             why = (
                 "every set of weights it saw held NaN or infinite values"
-                if state is not None and state.last_epoch >= self._start
+                if average is not None and average.last_epoch >= self._start
                 else f"`fit` ended before epoch {self._start}, the first one to average"
             )
             warnings.warn(f"SWA averaged nothing: {why}. The model keeps its trained weights.", stacklevel=2)
             return
-        self._assign(self._variables, state.averages)
-        self._update_batchnorm(final=True)
+        average.put_into_model()
+        self._update_batchnorm()
         if self.backup_dir is not None:
-            for name in (_STATE_FILE, _PREVIOUS_FILE, _PARTIAL_FILE):
-                path = os.path.join(self.backup_dir, name)
-                if os.path.exists(path):
-                    os.remove(path)
+            average.remove_files(self.backup_dir, _STEM)
 
-    def _assign(self, variables: list, values: list) -> None:
-        # In the strategy's scope: a cross-replica assignment reaches every replica.
-        with self.model.distribute_strategy.scope():
-            for variable, value in zip(variables, values):
-                variable.assign(np.asarray(value, dtype=variable.dtype))
-
-    def _update_batchnorm(self, final: bool) -> None:
+    def _update_batchnorm(self) -> None:
         trainable = _trained_batchnorm_layers(self.model)
         if not trainable:
             return
         if self.bn_data is not None:
             update_batchnorm(self.model, self.bn_data, steps=self.bn_steps)
-        elif final:
+        else:
             warnings.warn(
                 f"SWA put the averaged weights into model {self.model.name!r}, but its "
                 f"{len(trainable)} trainable BatchNormalization layers hold the average "
@@ -300,35 +266,17 @@ class SWA(keras.callbacks.Callback):
                 stacklevel=3,
             )
 
-    def _evaluate_average(self) -> dict:
-        """Evaluate the average on `validation_data`, then put the trained weights back."""
-        weights = self.model.weights
-        trained = [np.array(variable.numpy()) for variable in weights]
-        try:
-            self._assign(self._variables, self._state.averages)
-            self._update_batchnorm(final=False)
-            data = self.validation_data
-            if isinstance(data, tuple):
-                results = self.model.evaluate(*data, verbose=0, return_dict=True)
-            else:
-                results = self.model.evaluate(data, verbose=0, return_dict=True)
-        finally:
-            self._assign(weights, trained)
-        return {f"swa_val_{name}": value for name, value in results.items()}
-
-    def _fresh_state(self) -> _State:
-        return _State(averages=[np.zeros(v.shape, "float64" if "64" in str(v.dtype) else "float32") for v in self._variables])
-
-    def _state_for(self, epoch: int) -> _State:
-        """The averaging state a `fit` starting at `epoch` continues from."""
+    def _continue_at(self, epoch: int) -> None:
+        """Make the average the one a `fit` starting at `epoch` continues from."""
+        average = self._average
         if epoch <= self._start:
-            return self._fresh_state()
-        candidates = [self._state]
-        if self.backup_dir is not None:
-            candidates += [self._load(name) for name in (_STATE_FILE, _PREVIOUS_FILE, _PARTIAL_FILE)]
-        for state in candidates:
-            if state is not None and state.last_epoch == epoch - 1:
-                return state
+            average.restart()
+            average.extras = {"anneal_from": math.nan}  # the rate the annealing starts from
+            return
+        if average.last_epoch == epoch - 1:
+            return
+        if self.backup_dir is not None and average.load(self.backup_dir, _STEM, epoch - 1):
+            return
         raise ValueError(
             f"SWA cannot resume at epoch {epoch}: averaging started at epoch "
             f"{self._start} and no averaging state of epochs {self._start}-{epoch - 1} "
@@ -336,43 +284,3 @@ class SWA(keras.callbacks.Callback):
             "(BackupAndRestore's backup_dir will do) so that its state survives a "
             f"restart. Received: backup_dir={self.backup_dir!r}"
         )
-
-    def _save(self, state: _State) -> None:
-        os.makedirs(self.backup_dir, exist_ok=True)
-        path = os.path.join(self.backup_dir, _STATE_FILE)
-        partial = os.path.join(self.backup_dir, _PARTIAL_FILE)
-        np.savez(
-            partial,
-            count=state.count,
-            last_epoch=state.last_epoch,
-            anneal_from=state.anneal_from,
-            **{f"average_{index}": average for index, average in enumerate(state.averages)},
-        )
-        # The state of the epoch before stays: BackupAndRestore may resume there
-        # if it had not written its own files for this epoch yet.
-        if os.path.exists(path):
-            os.replace(path, os.path.join(self.backup_dir, _PREVIOUS_FILE))
-        os.replace(partial, path)
-
-    def _load(self, name: str) -> _State | None:
-        path = os.path.join(self.backup_dir, name)
-        if not os.path.exists(path):
-            return None
-        try:
-            with np.load(path) as stored:
-                state = _State(
-                    averages=[stored[f"average_{index}"] for index in range(len(stored.files) - 3)],
-                    count=int(stored["count"]),
-                    last_epoch=int(stored["last_epoch"]),
-                    anneal_from=float(stored["anneal_from"]),
-                )
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return None  # cut short by a kill while it was written: another file holds a whole state
-        shapes = [tuple(average.shape) for average in state.averages]
-        if shapes != [tuple(v.shape) for v in self._variables]:
-            raise ValueError(
-                f"The SWA state in {path} was written for another model: its "
-                "averages do not match this model's weights. Use a fresh "
-                f"`backup_dir`. Received: backup_dir={self.backup_dir!r}"
-            )
-        return state

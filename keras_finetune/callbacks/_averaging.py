@@ -1,0 +1,201 @@
+"""The weight-averaging core that `SWA` and `EMA` share.
+
+Both keep an average of every float weight of a model (trainable or not,
+BatchNormalization statistics included) in float32 (float64 for float64
+weights) on the model's device, fold the current weights into it as
+`average += rate * (weights - average)` in one compiled function, leave out a
+set of weights holding NaN or infinities, evaluate the average on validation
+data and put it into the model, and keep it on disk so that a resumed `fit`
+ends as an uninterrupted one. They differ only in the rate: `1 / (n + 1)` for
+SWA's equal average of `n` earlier sets, `1 - decay` for an EMA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+
+__all__ = ["WeightAverage"]
+
+
+def _averaged(variable) -> bool:
+    return "float" in str(variable.dtype)
+
+
+class WeightAverage:
+    """A running average of `model`'s float weights; equal (`decay=None`) or exponential.
+
+    Exponential: a weight joins the average at its first change after
+    `restart`, so a weight frozen for a while (a base under
+    `ProgressiveUnfreezing`, the statistics of a frozen BatchNormalization
+    layer) stays equal to itself and, once it trains, is averaged from then
+    on; with `warmup`, its `n`-th update (from 0) uses the decay
+    `min(decay, (1 + n) / (10 + n))`. Equal: every weight joins at the first
+    update, the `n`-th with rate `1 / (n + 1)`.
+    """
+
+    def __init__(self, model: keras.Model, decay: float | None = None, warmup: bool = False):
+        self.model = model
+        self.decay = decay
+        self.warmup = warmup
+        self.variables = [v for v in model.weights if _averaged(v)]
+        self.averages = [
+            keras.Variable(np.asarray(v.numpy()), dtype="float64" if "64" in str(v.dtype) else "float32", trainable=False)
+            for v in self.variables
+        ]
+        # Updates each weight took part in, and updates left out because a weight was not finite.
+        self.counts = keras.Variable(np.zeros(len(self.variables), "float32"), trainable=False)
+        self.skipped = keras.Variable(0.0, trainable=False)
+        self.last_epoch = -1
+        self.extras = {}  # the caller's own scalars, saved and loaded with the average
+        self._update = tf.function(self._fold_in)
+
+    def restart(self) -> None:
+        """Start over from the model's current weights: averages equal to them, no update counted."""
+        for average, variable in zip(self.averages, self.variables):
+            average.assign(keras.ops.cast(variable, average.dtype))
+        self.counts.assign(keras.ops.zeros_like(self.counts))
+        self.skipped.assign(0.0)
+        self.last_epoch = -1
+
+    def _rate(self, n):
+        if self.decay is None:
+            return 1.0 / (n + 1.0)
+        if not self.warmup:
+            return keras.ops.convert_to_tensor(1.0 - self.decay)
+        return 1.0 - keras.ops.minimum(self.decay, (1.0 + n) / (10.0 + n))
+
+    def _fold_in(self):
+        values = [keras.ops.cast(v, a.dtype) for v, a in zip(self.variables, self.averages)]
+        finite = keras.ops.all(keras.ops.stack([keras.ops.all(keras.ops.isfinite(value)) for value in values]))
+        counts = keras.ops.convert_to_tensor(self.counts)
+        taken = []
+        for index, (average, value) in enumerate(zip(self.averages, values)):
+            n = counts[index]
+            joins = finite
+            if self.decay is not None:
+                joins = keras.ops.logical_and(finite, keras.ops.logical_or(n > 0, keras.ops.any(keras.ops.not_equal(value, average))))
+            rate = keras.ops.cast(self._rate(n), average.dtype)
+            # A select, not a zero rate: 0 * NaN is NaN.
+            average.assign(keras.ops.where(joins, average + rate * (value - average), average))
+            taken.append(keras.ops.cast(joins, "float32"))
+        self.counts.assign(counts + keras.ops.stack(taken))
+        self.skipped.assign(self.skipped + keras.ops.cast(keras.ops.logical_not(finite), "float32"))
+
+    def update(self) -> None:
+        """Fold the model's current weights into the average (all left out if one is not finite)."""
+        self._update()
+
+    @property
+    def count(self) -> int:
+        """Updates the most-averaged weight took part in (SWA: sets of weights averaged)."""
+        return int(np.max(self.counts.numpy(), initial=0))
+
+    def take_skipped(self) -> int:
+        """Updates left out since the last call."""
+        skipped = int(self.skipped.numpy())
+        self.skipped.assign(0.0)
+        return skipped
+
+    def broken(self) -> list:
+        """Paths of the model's weights that hold NaN or infinities now."""
+        return [v.path for v in self.variables if not np.isfinite(np.asarray(v.numpy())).all()]
+
+    # In the model: when `fit` ends, or for an evaluation.
+
+    def _assign(self, variables: list, values: list) -> None:
+        # In the strategy's scope: a cross-replica assignment reaches every replica.
+        with self.model.distribute_strategy.scope():
+            for variable, value in zip(variables, values):
+                variable.assign(keras.ops.cast(value, variable.dtype))
+
+    def put_into_model(self) -> None:
+        self._assign(self.variables, self.averages)
+
+    @contextlib.contextmanager
+    def in_model(self):
+        """The average in the model inside the block, the trained weights (all of them) after it."""
+        weights = self.model.weights
+        trained = [np.array(variable.numpy()) for variable in weights]
+        try:
+            self.put_into_model()
+            yield
+        finally:
+            self._assign(weights, trained)
+
+    def evaluate(self, validation_data, prefix: str, bn_data=None, bn_steps=None) -> dict:
+        """`model.evaluate` of the average (statistics recomputed over `bn_data` first), its logs prefixed."""
+        with self.in_model():
+            if bn_data is not None and _trained_batchnorm_layers(self.model):
+                update_batchnorm(self.model, bn_data, steps=bn_steps)
+            if isinstance(validation_data, tuple):
+                results = self.model.evaluate(*validation_data, verbose=0, return_dict=True)
+            else:
+                results = self.model.evaluate(validation_data, verbose=0, return_dict=True)
+        return {f"{prefix}{name}": value for name, value in results.items()}
+
+    # On disk: `<stem>_state.npz`, the one before it, and a partial file renamed into place once whole.
+
+    @staticmethod
+    def _files(directory: str, stem: str) -> list:
+        return [os.path.join(directory, f"{stem}_state{suffix}.npz") for suffix in ("", ".previous", ".partial")]
+
+    def save(self, directory: str, stem: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        path, previous, partial = self._files(directory, stem)
+        np.savez(
+            partial,
+            counts=self.counts.numpy(),
+            last_epoch=self.last_epoch,
+            **{f"extra_{name}": value for name, value in self.extras.items()},
+            **{f"average_{index}": np.asarray(average.numpy()) for index, average in enumerate(self.averages)},
+        )
+        # The state of the epoch before stays: BackupAndRestore may resume there
+        # if it had not written its own files for this epoch yet.
+        if os.path.exists(path):
+            os.replace(path, previous)
+        os.replace(partial, path)
+
+    def load(self, directory: str, stem: str, last_epoch: int) -> bool:
+        """Load the state saved after `last_epoch`, if one of the files holds it whole."""
+        for path in self._files(directory, stem):
+            stored = self._read(path)
+            if stored is not None and int(stored["last_epoch"]) == last_epoch:
+                averages = [stored[f"average_{index}"] for index in range(len(self.averages))]
+                for average, value in zip(self.averages, averages):
+                    average.assign(value)
+                self.counts.assign(stored["counts"])
+                self.last_epoch = last_epoch
+                self.extras = {name[len("extra_"):]: value.item() for name, value in stored.items() if name.startswith("extra_")}
+                return True
+        return False
+
+    def _read(self, path: str) -> dict | None:
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path) as stored:
+                stored = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # cut short by a kill while it was written: another file holds a whole state
+        averages = sum(name.startswith("average_") for name in stored)
+        shapes = [stored[f"average_{index}"].shape for index in range(averages)]
+        if shapes != [tuple(v.shape) for v in self.variables]:
+            raise ValueError(
+                f"The averaging state in {path} was written for another model: its "
+                "averages do not match this model's weights. Use a fresh "
+                f"`backup_dir`. Received: backup_dir={os.path.dirname(path)!r}"
+            )
+        return stored
+
+    def remove_files(self, directory: str, stem: str) -> None:
+        for path in self._files(directory, stem):
+            if os.path.exists(path):
+                os.remove(path)

@@ -1,0 +1,198 @@
+"""An exponential moving average of every weight, per step, as a `fit` callback.
+
+Keras's `use_ema=True` optimizer option averages the trainable variables
+only: not the BatchNormalization statistics, and not a weight that was frozen
+when the optimizer was built and trains later; it starts at step 0 with a
+fixed decay, and its swap callback does not recompute statistics. timm's
+`ModelEma` and Lightning's `EMAWeightAveraging` average everything. So does
+this callback, with the averaging core it shares with `SWA`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+
+from keras_finetune.callbacks._averaging import WeightAverage
+from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+from keras_finetune.validation import check_bool, check_count, check_fraction
+
+__all__ = ["EMA"]
+
+_STEM = "ema"  # its state is ema_state.npz in `backup_dir`
+
+
+class EMA(keras.callbacks.Callback):
+    """An exponential moving average of all the model's weights, updated per step, put in the model when `fit` ends.
+
+    The average starts as a copy of the weights after optimizer step
+    `start_step` (`0`: the weights `fit` starts from) and, after every
+    `every_n_steps`-th step from then on, becomes
+    `decay_n * average + (1 - decay_n) * weights`. With `warmup=True`,
+    `decay_n = min(decay, (1 + n) / (10 + n))` for the `n`-th update (from 0)
+    of a weight, the warm-up of timm's `ModelEma` and of TensorFlow's
+    `ExponentialMovingAverage(num_updates=...)`, so an average is not held
+    back by weights it saw ten steps ago; else `decay_n = decay`. Every float
+    weight is averaged in float32 (float64 weights in float64), trainable or
+    not, BatchNormalization statistics included, on the model's device.
+
+    A weight joins the average at its first change: a weight frozen when the
+    average starts (a base under `ProgressiveUnfreezing`, the statistics of a
+    frozen BatchNormalization layer) stays equal to itself, and once it
+    trains it is averaged from then on, with a warm-up of its own. An update
+    at which any weight holds NaN or infinities is left out, with a warning
+    at the epoch's end.
+
+    When `fit` ends the average is put into the model. BatchNormalization
+    statistics: the averaged statistics by default (timm's choice), or, with
+    `bn_data`, the exact statistics of the averaged weights over it (see
+    `update_batchnorm`). With `validation_data`, each epoch also evaluates
+    the average (the same statistics) and logs `ema_val_loss` and
+    `ema_val_<metric>`; the trained weights are put back afterwards.
+
+    Interrupted runs: the step count is the optimizer's `iterations`, which
+    `keras.callbacks.BackupAndRestore` restores; with `backup_dir` (theirs
+    will do) the average is also written there at each epoch end, so a
+    resumed `fit` ends as an uninterrupted one. The files are deleted when
+    `fit` completes. Under a `tf.distribute` strategy the replicas hold the
+    same weights, and the average is the one of a single device.
+
+    Args:
+        decay: float. The decay per update, in [0, 1). Defaults to `0.9998`.
+        warmup: bool. Warm the decay up as above. Defaults to `True`.
+        every_n_steps: int. Update after every n-th step. Defaults to `1`.
+        start_step: int. The optimizer step after which averaging starts.
+            Defaults to `0`.
+        bn_data: data for a BatchNormalization pass over the average, any
+            form `update_batchnorm` takes. Defaults to `None` (the averaged
+            statistics are kept).
+        bn_steps: int. Batches of `bn_data` to use. Defaults to `None` (all).
+        validation_data: data to evaluate the average on at each epoch end,
+            a dataset or a tuple `(x, y)`. Defaults to `None`.
+        backup_dir: str. Directory to keep the average in between epochs.
+            Defaults to `None` (kept in memory only).
+
+    Example:
+
+    ```python
+    model.fit(train_ds, epochs=10, callbacks=[EMA(decay=0.999, validation_data=val_ds)])
+    # the model now holds the average; history.history["ema_val_accuracy"] its accuracy per epoch
+    ```
+
+    References:
+        Polyak and Juditsky, Acceleration of Stochastic Approximation by
+        Averaging, SIAM J. Control Optim. 30(4), 1992; Tan and Le,
+        EfficientNet, arXiv 1905.11946 (EMA of weights with decay 0.9999).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9998,
+        warmup: bool = True,
+        every_n_steps: int = 1,
+        start_step: int = 0,
+        bn_data=None,
+        bn_steps: int | None = None,
+        validation_data=None,
+        backup_dir: str | None = None,
+    ):
+        super().__init__()
+        self.decay = check_fraction(decay, "decay", below_one=True)
+        self.warmup = check_bool(warmup, "warmup")
+        self.every_n_steps = check_count(every_n_steps, "every_n_steps", 1)
+        self.start_step = check_count(start_step, "start_step", 0)
+        if bn_steps is not None:
+            check_count(bn_steps, "bn_steps", 1)
+        self.bn_data = bn_data
+        self.bn_steps = bn_steps
+        self.validation_data = validation_data
+        self.backup_dir = backup_dir
+        self._average = None
+        self._resumed = False
+        self._next_update = None
+        self._first_step = 0
+
+    def on_train_begin(self, logs=None) -> None:
+        if getattr(self.model, "optimizer", None) is None:
+            raise ValueError("EMA needs a compiled model: call `compile` first.")
+        if self._average is None or self._average.model is not self.model:
+            self._average = WeightAverage(self.model, decay=self.decay, warmup=self.warmup)
+        self._resumed = False
+
+    @property
+    def begun(self) -> bool:
+        """Whether averaging has started."""
+        return self._average is not None and bool(self._average.extras.get("begun"))
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        # The step count read once per epoch: `iterations`, which BackupAndRestore restores.
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+        if not self._resumed:
+            # Here, not in on_train_begin: BackupAndRestore picks the epoch to resume at in its own.
+            self._continue_at(epoch)
+            self._resumed = True
+        self._after(self._first_step)
+
+    def _after(self, step: int) -> None:
+        """Begin or update the average now that `step` optimizer steps are done."""
+        if not self.begun:
+            if step < self.start_step:
+                return
+            self._average.restart()
+            self._average.extras = {"begun": 1}
+        elif self._next_update is not None and step >= self._next_update:
+            self._average.update()
+        # None after a resume: the update of `step` itself, if it had one, is in the average already.
+        self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._after(self._first_step + batch + 1)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        average = self._average
+        skipped = average.take_skipped()
+        if skipped:
+            warnings.warn(
+                f"EMA left {skipped} updates of epoch {epoch} out of its average: weights held NaN or "
+                f"infinite values (now: {average.broken()[:3]}).",
+                stacklevel=2,
+            )
+        average.last_epoch = epoch
+        if self.backup_dir is not None:
+            average.save(self.backup_dir, _STEM)
+        if logs is not None and self.validation_data is not None and self.begun:
+            logs.update(average.evaluate(self.validation_data, "ema_val_", self.bn_data, self.bn_steps))
+
+    def on_train_end(self, logs=None) -> None:
+        if not self.begun:
+            warnings.warn(
+                f"EMA averaged nothing: `fit` ended before optimizer step {self.start_step}, where averaging "
+                "starts. The model keeps its trained weights.",
+                stacklevel=2,
+            )
+            return
+        self._average.put_into_model()
+        if self.bn_data is not None and _trained_batchnorm_layers(self.model):
+            update_batchnorm(self.model, self.bn_data, steps=self.bn_steps)
+        if self.backup_dir is not None:
+            self._average.remove_files(self.backup_dir, _STEM)
+
+    def _continue_at(self, epoch: int) -> None:
+        """Make the average the one a `fit` starting at `epoch` continues from."""
+        average = self._average
+        self._next_update = None
+        if epoch == 0 or self._first_step <= self.start_step:
+            average.extras = {"begun": 0}
+            average.last_epoch = epoch - 1
+            return
+        if average.last_epoch == epoch - 1 and self.begun:
+            return
+        if self.backup_dir is not None and average.load(self.backup_dir, _STEM, epoch - 1):
+            return
+        raise ValueError(
+            f"EMA cannot resume at epoch {epoch}: averaging started at optimizer step {self.start_step}, "
+            f"{self._first_step} steps ago, and no average of them was found. Give EMA a `backup_dir` "
+            "(BackupAndRestore's backup_dir will do) so that its average survives a restart. "
+            f"Received: backup_dir={self.backup_dir!r}"
+        )
