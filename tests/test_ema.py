@@ -150,32 +150,41 @@ def test_validation_evaluates_the_average_and_training_goes_on_undisturbed(regre
     assert history.history["ema_val_loss"][-1] != pytest.approx(history.history["loss"][-1])
 
 
-def test_an_update_with_nan_weights_is_left_out_with_a_warning(regression):
+def test_nan_weight_elements_keep_their_average(regression):
     model, steps = regression_model(), Steps()
 
-    class Poison(keras.callbacks.Callback):
+    class Poison(keras.callbacks.Callback):  # one element NaN after step 6, back after step 7
         def on_train_batch_end(self, batch, logs=None):
+            kernel = self.model.weights[0]
             if batch == 5:
-                self.saved = np.array(self.model.weights[0].numpy())
-                self.model.weights[0].assign(np.full(self.saved.shape, np.nan, "float32"))
+                self.saved = np.array(kernel.numpy())
+                kernel.assign(np.where(np.arange(kernel.shape[1]) == 0, np.nan, self.saved).astype("float32"))
             if batch == 6:
-                self.model.weights[0].assign(self.saved)
+                kernel.assign(self.saved)
 
-    with pytest.warns(UserWarning, match="EMA left 1 updates of epoch 0 out"):
-        model.fit(*regression, batch_size=4, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[Poison(), steps, EMA(0.9)])
-    kept = steps.weights[:6] + steps.weights[7:]
-    expected = ema_by_numpy(steps.weights[:6], 0.9)
-    counts = [5] * len(expected)
-    for weights in kept[6:]:
+    model.fit(*regression, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[Poison(), steps, EMA(0.9)])
+    expected = [w.copy() for w in steps.weights[0]]
+    for n, weights in enumerate(steps.weights[1:]):
+        d = min(0.9, (1 + n) / (10 + n))
         for index, weight in enumerate(weights):
-            d = min(0.9, (1 + counts[index]) / (10 + counts[index]))
-            expected[index] = d * expected[index] + (1 - d) * weight
-            counts[index] += 1
+            expected[index] = np.where(np.isfinite(weight), d * expected[index] + (1 - d) * weight, expected[index])
+    assert np.isnan(steps.weights[6][0][:, 0]).all()
     assert_weights(model, expected)
 
 
-def test_under_mirrored_strategy_the_average_equals_one_device(regression):
+def test_an_epoch_that_ends_with_nan_weights_warns(regression):
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 7:
+                self.model.weights[0].assign(np.full(self.model.weights[0].shape, np.nan, "float32"))
+
+    model = regression_model()
+    with pytest.warns(UserWarning, match=r"end of epoch 0, \['[\w/]*kernel'\] hold NaN"):
+        model.fit(*regression, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[Poison(), EMA(0.9)])
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights)
+
+
+def test_under_mirrored_strategy_the_average_equals_one_device(regression, mirrored):
     def run(strategy):
         with strategy.scope():
             model = regression_model()
@@ -184,7 +193,7 @@ def test_under_mirrored_strategy_the_average_equals_one_device(regression):
         return model, steps
 
     one, _ = run(tf.distribute.get_strategy())
-    two, steps = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two, steps = run(mirrored)
     assert_weights(two, ema_by_numpy(steps.weights, 0.9))
     assert_weights(two, [v.numpy() for v in one.weights])
     for variable in two.weights:  # every replica got the average

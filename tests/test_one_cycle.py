@@ -197,7 +197,7 @@ def test_a_multi_optimizer_keeps_its_ratio_and_cycles_every_beta_1():
     assert head.beta_1 == 0.9 and body.beta_1 == 0.9
 
 
-def test_under_mirrored_strategy_the_cycle_and_weights_equal_one_device():
+def test_under_mirrored_strategy_the_cycle_and_weights_equal_one_device(mirrored):
     x, y = regression(16)
 
     def run(strategy):
@@ -209,7 +209,7 @@ def test_under_mirrored_strategy_the_cycle_and_weights_equal_one_device():
         return model.get_weights(), recorder.momenta
 
     one, one_momenta = run(tf.distribute.get_strategy())
-    two, two_momenta = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two, two_momenta = run(mirrored)
     np.testing.assert_allclose(two_momenta, one_momenta, rtol=1e-6)
     for mine, theirs in zip(two, one):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)

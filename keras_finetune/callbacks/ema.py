@@ -37,12 +37,14 @@ class EMA(keras.callbacks.Callback):
     weight is averaged in float32 (float64 weights in float64), trainable or
     not, BatchNormalization statistics included, on the model's device.
 
-    A weight joins the average at its first change: a weight frozen when the
-    average starts (a base under `ProgressiveUnfreezing`, the statistics of a
-    frozen BatchNormalization layer) stays equal to itself, and once it
-    trains it is averaged from then on, with a warm-up of its own. An update
-    at which any weight holds NaN or infinities is left out, with a warning
-    at the epoch's end.
+    A weight joins the average once it trains (a trainable variable, or the
+    moving statistics of a trainable BatchNormalization layer, read at each
+    epoch's first step): a weight frozen when the average starts (a base
+    under `ProgressiveUnfreezing`, the statistics of a frozen
+    BatchNormalization layer) stays equal to itself, and once it trains it
+    is averaged from then on, with a warm-up of its own. A weight element
+    that is NaN or infinite at an update keeps its average; an epoch that
+    ends with such weights warns.
 
     When `fit` ends the average is put into the model. BatchNormalization
     statistics: the averaged statistics by default (timm's choice), or, with
@@ -112,6 +114,7 @@ class EMA(keras.callbacks.Callback):
         self._resumed = False
         self._next_update = None
         self._first_step = 0
+        self._live = None
 
     def on_train_begin(self, logs=None) -> None:
         if getattr(self.model, "optimizer", None) is None:
@@ -128,6 +131,7 @@ class EMA(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         # The step count read once per epoch: `iterations`, which BackupAndRestore restores.
         self._first_step = int(self.model.optimizer.iterations.numpy())
+        self._live = None
         if not self._resumed:
             # Here, not in on_train_begin: BackupAndRestore picks the epoch to resume at in its own.
             self._continue_at(epoch)
@@ -142,20 +146,29 @@ class EMA(keras.callbacks.Callback):
             self._average.restart()
             self._average.extras = {"begun": 1}
         elif self._next_update is not None and step >= self._next_update:
-            self._average.update()
+            if self._live is None:
+                self._live = self._training()
+            self._average.update(self._live)
         # None after a resume: the update of `step` itself, if it had one, is in the average already.
         self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self._after(self._first_step + batch + 1)
 
+    def _training(self) -> list:
+        """Whether each averaged weight trains now: read after every callback's on_epoch_begin (phases)."""
+        training = {id(v) for v in self.model.trainable_variables}
+        for layer in _trained_batchnorm_layers(self.model):
+            training.update(id(v) for v in layer.non_trainable_weights)
+        return [id(v) in training for v in self._average.variables]
+
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         average = self._average
-        skipped = average.take_skipped()
-        if skipped:
+        broken = average.broken()
+        if broken:
             warnings.warn(
-                f"EMA left {skipped} updates of epoch {epoch} out of its average: weights held NaN or "
-                f"infinite values (now: {average.broken()[:3]}).",
+                f"EMA: at the end of epoch {epoch}, {broken[:3]} hold NaN or infinite values; those values "
+                "were left out of the average, which keeps what it had.",
                 stacklevel=2,
             )
         average.last_epoch = epoch
