@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import numpy as np
 
 from keras_finetune.callbacks._averaging import WeightAverage
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
@@ -147,7 +148,7 @@ class EMA(keras.callbacks.Callback):
             self._average.extras = {"begun": 1}
         elif self._next_update is not None and step >= self._next_update:
             if self._live is None:
-                self._live = self._training()
+                self._live = keras.ops.convert_to_tensor(np.asarray(self._training(), bool))
             self._average.update(self._live)
         # None after a resume: the update of `step` itself, if it had one, is in the average already.
         self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)
