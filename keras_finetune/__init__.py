@@ -1,7 +1,7 @@
 """keras_finetune: the fine-tuning playbook as parts that plug into Keras 3.
 
-Importing the package registers its Keras classes (losses, layers, models)
-with Keras's serialization, so `import keras_finetune` is all a `.keras`
+Importing the package registers its Keras classes (losses, layers, models,
+optimizers) with Keras's serialization, so `import keras_finetune` is all a `.keras`
 file that holds one of them needs to reload. Other submodules and names load
 on first use.
 """
@@ -14,6 +14,7 @@ _NAMES = {
     "build_classifier": "heads",
     "discriminative_optimizer": "optimizers",
     "fine_tune": "recipe",
+    "layer_decay_optimizer": "optimizers",
     "freeze": "freezing",
     "lr_find": "callbacks",
     "smooth_labels": "losses",
@@ -22,7 +23,7 @@ _NAMES = {
     "unfreeze": "freezing",
 }
 _SUBMODULES = (
-    "backbones", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
+    "backbones", "blocks", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
     "optimizers", "recipe", "report", "tta",
 )
 
@@ -30,7 +31,7 @@ __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 
 
 # The modules whose classes a saved model may name: importing them registers those classes with Keras.
-for _module in ("layers", "losses", "models"):
+for _module in ("layers", "losses", "models", "optimizers"):
     importlib.import_module(f"{__name__}.{_module}")
 del _module
 

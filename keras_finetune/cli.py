@@ -107,7 +107,7 @@ def _add_train(commands) -> None:
                        help="epochs with the base frozen, or a fraction of --epochs "
                             "(default: 0.25; 0 for a base without pretrained weights)")
     train.add_argument("--unfreeze", type=_unfreeze, default="all", metavar="all|N|LAYER|none",
-                       help="what trains after the frozen epochs: the whole base, its top N layers, "
+                       help="what trains after the frozen epochs: the whole base, its top N blocks (layers where it has none), "
                             "everything from a layer up, or nothing (default: all)")
     train.add_argument("--unfreeze-lr-factor", type=_positive_float, metavar="F",
                        help="the base's rate over the head's (default: 0.1; 1 for a base without pretrained weights)")

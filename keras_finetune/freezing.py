@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_finetune.blocks import all_layers, children, units
+
 __all__ = [
     "batchnorm_layers",
     "batchnorm_to_freeze",
@@ -44,26 +46,6 @@ def _check_layer(value, argument: str) -> None:
         )
 
 
-def _children(layer: keras.layers.Layer) -> list:
-    """The layers directly inside `layer`, in the order they were added."""
-    return list(layer._flatten_layers(include_self=False, recursive=False))
-
-
-def _all_layers(layer: keras.layers.Layer) -> list:
-    """`layer` and every layer nested in it, depth first, in model order, once each."""
-    ordered, seen = [], set()
-
-    def visit(current):
-        if id(current) not in seen:
-            seen.add(id(current))
-            ordered.append(current)
-            for child in _children(current):
-                visit(child)
-
-    visit(layer)
-    return ordered
-
-
 def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
     """Every `keras.layers.BatchNormalization` inside `model_or_layer`.
 
@@ -79,7 +61,7 @@ def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
     _check_layer(model_or_layer, "model_or_layer")
     return [
         layer
-        for layer in _all_layers(model_or_layer)
+        for layer in all_layers(model_or_layer)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
@@ -182,8 +164,27 @@ def freeze(model_or_layer: keras.layers.Layer) -> keras.layers.Layer:
     return model_or_layer
 
 
-def _first_unfrozen_index(layers: list, top, from_layer) -> int:
-    """Index in `layers` of the lowest entry to make trainable."""
+def _named_layer(base_model: keras.Model, from_layer, what: str = "`from_layer` must name", received: str | None = None):
+    """`from_layer` as a layer of `base_model`, nested ones included; a ValueError that starts with `what`."""
+    layers = all_layers(base_model)[1:]
+    if isinstance(from_layer, str):
+        for layer in layers:
+            if layer.name == from_layer:
+                return layer
+        names = [layer.name for layer in layers]
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        raise ValueError(
+            f"{what} a layer of {base_model.name!r}, nested ones included "
+            f"(known: {shown}). {received or f'Received: from_layer={from_layer!r}'}"
+        )
+    _check_layer(from_layer, "from_layer")
+    if not any(layer is from_layer for layer in layers):
+        raise ValueError(f"`from_layer` is not a layer of {base_model.name!r}. Received: from_layer={from_layer.name!r}")
+    return from_layer
+
+
+def _first_unfrozen_unit(base_model: keras.Model, found: list, top, from_layer) -> int:
+    """Index in `found` (the base's units) of the lowest unit to make trainable."""
     if top is not None and from_layer is not None:
         raise ValueError(
             "Pass `top` or `from_layer`, not both. "
@@ -195,30 +196,23 @@ def _first_unfrozen_index(layers: list, top, from_layer) -> int:
                 f"`top` must be an int. Received: top={top!r} "
                 f"of type {type(top).__name__}"
             )
-        if not 0 <= top <= len(layers):
+        if not 0 <= top <= len(found):
             raise ValueError(
-                f"`top` must be between 0 and the {len(layers)} entries of "
-                f"`base_model.layers`. Received: top={top}"
+                f"`top` must be between 0 and the {len(found)} {describe_units(found)} of "
+                f"{base_model.name!r}. Received: top={top}"
             )
-        return len(layers) - int(top)
+        return len(found) - int(top)
     if from_layer is None:
         return 0
-    if isinstance(from_layer, str):
-        names = [layer.name for layer in layers]
-        if from_layer not in names:
-            raise ValueError(
-                "`from_layer` must name an entry of `base_model.layers` "
-                f"(known: {', '.join(names)}). Received: from_layer={from_layer!r}"
-            )
-        return names.index(from_layer)
-    _check_layer(from_layer, "from_layer")
-    for index, layer in enumerate(layers):
-        if layer is from_layer:
-            return index
-    raise ValueError(
-        "`from_layer` is not one of the entries of `base_model.layers`. "
-        f"Received: from_layer={from_layer.name!r}"
-    )
+    index = found.index_of(_named_layer(base_model, from_layer))
+    return len(found) if index is None else index
+
+
+def describe_units(found) -> str:
+    """What a base's units are, in words: "blocks (the stem and 16 blocks)" or "entries of `base_model.layers`"."""
+    if found.blocks:
+        return f"units (the stem and {len(found) - 1} blocks)"
+    return "entries of `base_model.layers`"
 
 
 def unfreeze(
@@ -226,15 +220,21 @@ def unfreeze(
     top: int | None = None,
     from_layer: str | keras.layers.Layer | None = None,
     freeze_batchnorm: bool | str | list = True,
+    blocks=None,
 ) -> keras.Model:
     """Make the top of a pretrained base trainable, the rest frozen.
 
-    With neither `top` nor `from_layer`, the whole base becomes trainable.
-    With `top=N`, the top N entries of `base_model.layers` (the input layer
-    counts as the lowest entry); `top=0` freezes the whole base. With
-    `from_layer`, that layer and every entry above it. Everything below the
-    chosen entries is frozen, so successive calls can move the boundary either
-    way.
+    The base is counted in units, bottom to top (see `keras_finetune.blocks`):
+    where it has blocks (the residual blocks of a ResNet, the MBConv blocks
+    of an EfficientNet, the transformer blocks of a keras-hub ViT, or the
+    ones `blocks` names), its stem and then each block, what lies above the
+    last block joining it; otherwise each entry of `base_model.layers` (the
+    input layer the lowest). With neither `top` nor `from_layer`, the whole
+    base becomes trainable. With `top=N`, the top N units; `top=0` freezes
+    the whole base. With `from_layer` (a layer of the base, nested ones
+    included, by name or object), the unit that holds it and every unit
+    above. Everything below is frozen, so successive calls can move the
+    boundary either way.
 
     BatchNormalization layers anywhere in the base stay frozen, which keeps
     them in inference mode with their pretrained moving statistics, unless
@@ -245,18 +245,19 @@ def unfreeze(
     `compile` is called again.
 
     Args:
-        base_model: keras.Model. The pretrained base (its `layers` are the
-            entries counted by `top`).
-        top: int. How many entries of `base_model.layers`, counted from the
-            top, to make trainable. Defaults to `None` (the whole base).
-        from_layer: str or keras.layers.Layer. The lowest entry of
-            `base_model.layers` to make trainable, by name or by object.
-            Defaults to `None`.
+        base_model: keras.Model. The pretrained base.
+        top: int. How many units, counted from the top, to make trainable.
+            Defaults to `None` (the whole base).
+        from_layer: str or keras.layers.Layer. The lowest layer to make
+            trainable, by name or by object. Defaults to `None`.
         freeze_batchnorm: bool, `"auto"` or list. Keep BatchNormalization
             layers frozen: `True` all, `False` none, `"auto"` those with
             learned statistics (a layer still at its initial statistics
             trains; see `untrained_batchnorm`), or the list of layers to keep
             frozen. Defaults to `True`.
+        blocks: list of str or callable. The base's blocks, as
+            `keras_finetune.blocks.units` takes them. Defaults to `None`
+            (found from the layer names).
 
     Returns:
         `base_model`, for chaining.
@@ -274,18 +275,19 @@ def unfreeze(
             "`base_model` must be a keras.Model. "
             f"Received: base_model={base_model!r} of type {type(base_model).__name__}"
         )
-    layers = base_model.layers
-    start = _first_unfrozen_index(layers, top, from_layer)
+    found = units(base_model, blocks)
+    start = _first_unfrozen_unit(base_model, found, top, from_layer)
     frozen_batchnorm = batchnorm_to_freeze(base_model, freeze_batchnorm)
-    if start == len(layers):
+    if start == len(found):
         base_model.trainable = False
         return base_model
     # Keras 3 ignores setting `trainable` to the value it already has, which
     # would leave sublayers frozen by an earlier call frozen: reset through False.
     base_model.trainable = False
     base_model.trainable = True
-    for layer in layers[:start]:
-        layer.trainable = False
+    for unit in found[:start]:
+        for layer in unit:
+            layer.trainable = False
     for layer in frozen_batchnorm:
         layer.trainable = False
     return base_model
@@ -339,8 +341,8 @@ def trainable_summary(model: keras.layers.Layer) -> TrainableSummary:
     trainable_ids = {id(v) for v in model.trainable_weights}
     leaves = [
         layer
-        for layer in _all_layers(model)
-        if layer.weights and not _children(layer)
+        for layer in all_layers(model)
+        if layer.weights and not children(layer)
     ]
     trainable_layers = sum(
         any(id(v) in trainable_ids for v in layer.weights) for layer in leaves

@@ -385,8 +385,8 @@ def fine_tune(
        `model` is a base; otherwise `model` is the classifier and its base is
        `base_model` (or the one model nested in it).
     2. `ProgressiveUnfreezing`: the base frozen (head only) for
-       `frozen_epochs`, then `unfreeze` (`"all"`, the top N layers, a layer
-       name) at `learning_rate * unfreeze_lr_factor`; a dict `unfreeze` is the
+       `frozen_epochs`, then `unfreeze` (`"all"`, the top N units of
+       `freezing.unfreeze`: blocks where the base has them, a layer name) at `learning_rate * unfreeze_lr_factor`; a dict `unfreeze` is the
        whole schedule (epoch -> phase), each phase `unfreeze_lr_factor` times
        the rate of the one before. BatchNorm layers with learned statistics
        stay frozen; those still at their initial statistics (a base that was

@@ -227,7 +227,7 @@ def test_verbose_prints_one_line_per_phase_change(images, int_labels, capsys):
     fit(model, [ProgressiveUnfreezing(base, SCHEDULE, RATES, verbose=1)], images, int_labels)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    assert lines[1].startswith("Epoch 3: ProgressiveUnfreezing: 'base' trainable in its top 3 layers; 391 trainable")
+    assert lines[1].startswith("Epoch 3: ProgressiveUnfreezing: 'base' trainable in its top 3 units; 391 trainable")
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_verbose_prints_one_line_per_phase_change(images, int_labels, capsys):
         ({-1: 0, 2: "all"}, None, "ints >= 0"),
         ({2: "all"}, None, "must say what trains from epoch 0"),
         ({0: 0, 2: "conv9"}, None, "Received: schedule value 'conv9'"),
-        ({0: 0, 2: 8}, None, "0 to 7 for 'base'. Received: schedule value 8"),
+        ({0: 0, 2: 8}, None, "of 'base' from the top: 0 to 7. Received: schedule value 8"),
         ({0: 0, 2: True}, None, "Received: schedule value True"),
         ({}, None, "non-empty dict"),
         ({0: 0, 2: "all"}, {0: 1e-3, 2: 0.0}, r"Received: learning_rates\[2\]=0.0"),

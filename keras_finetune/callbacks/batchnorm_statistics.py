@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_finetune.freezing import _all_layers, _check_layer, batchnorm_layers
+from keras_finetune.blocks import all_layers
+from keras_finetune.freezing import _check_layer, batchnorm_layers
 from keras_finetune.validation import check_count
 
 __all__ = ["update_batchnorm"]
@@ -180,7 +181,7 @@ def _traced_pass(model, layers: list):
     """`x -> moving statistics of layers after model(x, training=True)`, traced once per set of flags."""
     flags = (
         tuple(id(layer) for layer in layers),
-        tuple((id(layer), layer.trainable, getattr(layer, "momentum", None)) for layer in _all_layers(model)),
+        tuple((id(layer), layer.trainable, getattr(layer, "momentum", None)) for layer in all_layers(model)),
     )
     cached = _PASSES.get(model)
     if cached is not None and cached[0] == flags:

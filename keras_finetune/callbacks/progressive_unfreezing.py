@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from keras_finetune.callbacks import _optimizer
-from keras_finetune.freezing import _all_layers, _size, batchnorm_to_freeze, unfreeze
+from keras_finetune.blocks import all_layers, units
+from keras_finetune.freezing import _named_layer, _size, batchnorm_to_freeze, describe_units, unfreeze
 from keras_finetune.validation import check_positive, is_int
 
 __all__ = ["ProgressiveUnfreezing"]
@@ -39,25 +40,22 @@ def _check_epochs(mapping, argument: str) -> list:
     return [int(epoch) for epoch in epochs]
 
 
-def _check_phase(value, base_model: keras.Model):
-    """Normalise one entry of `schedule`: an int N, "all", or a layer name."""
-    layers = base_model.layers
+def _check_phase(value, base_model: keras.Model, found):
+    """Normalise one entry of `schedule`: an int N (units from the top), "all", or a layer name."""
     if is_int(value):
-        if not 0 <= value <= len(layers):
+        if not 0 <= value <= len(found):
             raise ValueError(
-                "An int in `schedule` counts entries of `base_model.layers` "
-                f"from the top: 0 to {len(layers)} for {base_model.name!r}. "
-                f"Received: schedule value {value}"
+                f"An int in `schedule` counts the {describe_units(found)} of {base_model.name!r} from the top: "
+                f"0 to {len(found)}. Received: schedule value {value}"
             )
         return int(value)
     if value == "all":
         return "all"
-    names = [layer.name for layer in layers]
-    if isinstance(value, str) and value in names:
-        return value
+    if isinstance(value, str):
+        what = '`schedule` values must be 0, an int N, "all", or the name of'
+        return _named_layer(base_model, value, what, f"Received: schedule value {value!r}").name
     raise ValueError(
-        '`schedule` values must be 0, an int N, "all", or the name of an '
-        f"entry of `base_model.layers` (known: {', '.join(names)}). "
+        '`schedule` values must be 0, an int N, "all", or the name of a layer of the base. '
         f"Received: schedule value {value!r}"
     )
 
@@ -66,9 +64,11 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     """Unfreeze a pretrained base in phases within one `fit`, keeping optimizer state.
 
     `schedule` maps the first epoch of each phase to how much of `base_model`
-    trains from then on, counted from the top of `base_model.layers`: `0`
-    (the base is frozen, only the head trains), an int N (the top N entries),
-    `"all"`, or the name of an entry (that layer and every entry above it).
+    trains from then on, counted in units from the top (see `unfreeze`: its
+    blocks where it has blocks, else the entries of `base_model.layers`): `0`
+    (the base is frozen, only the head trains), an int N (the top N units),
+    `"all"`, or the name of a layer, nested ones included (its unit and every
+    unit above it).
     Everything below is frozen again, so a later phase may also freeze more.
     `learning_rates` maps the first epoch of a phase to the learning rate set
     when that phase starts; a phase it does not name keeps the current rate.
@@ -120,6 +120,9 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             phase's rate: Adam's first updates of newly unfrozen variables are
             about 3x the rate because their moments start at zero. Defaults
             to `0` (off).
+        blocks: list of str or callable. The base's blocks, as
+            `keras_finetune.blocks.units` takes them. Defaults to `None`
+            (found from the layer names).
         verbose: int. 1 prints one line per phase change. Defaults to `0`.
 
     Example:
@@ -134,7 +137,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         callbacks=[
             ProgressiveUnfreezing(
                 base,
-                schedule={0: 0, 3: 20, 6: "all"},
+                schedule={0: 0, 3: 4, 6: "all"},  # the top 4 of its 10 blocks
                 learning_rates={0: 1e-3, 3: 1e-4, 6: 1e-5},
             )
         ],
@@ -153,6 +156,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         learning_rates: Mapping | Callable | None = None,
         freeze_batchnorm: bool | str | list = True,
         warmup_steps: int = 0,
+        blocks=None,
         verbose: int = 0,
     ):
         super().__init__()
@@ -172,7 +176,8 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
                 "`schedule` must say what trains from epoch 0 (0 for the head "
                 f"only). Received: schedule={schedule!r}"
             )
-        self._phases = [_check_phase(schedule[epoch], base_model) for epoch in self._starts]
+        found = units(base_model, blocks)
+        self._phases = [_check_phase(schedule[epoch], base_model, found) for epoch in self._starts]
         self._rates = self._check_learning_rates(learning_rates)
         if not is_int(warmup_steps) or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}")
@@ -182,6 +187,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         self.freeze_batchnorm = freeze_batchnorm
         self._frozen_batchnorm = batchnorm_to_freeze(base_model, freeze_batchnorm)
         self.warmup_steps = int(warmup_steps)
+        self.blocks = blocks
         self.verbose = verbose
         self._applied = None
         self._warmup = None
@@ -230,15 +236,15 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     def _apply(self, index: int) -> None:
         phase = self._phases[index]
         if phase == "all":
-            unfreeze(self.base_model, freeze_batchnorm=self._frozen_batchnorm)
+            unfreeze(self.base_model, freeze_batchnorm=self._frozen_batchnorm, blocks=self.blocks)
         elif isinstance(phase, str):
-            unfreeze(self.base_model, from_layer=phase, freeze_batchnorm=self._frozen_batchnorm)
+            unfreeze(self.base_model, from_layer=phase, freeze_batchnorm=self._frozen_batchnorm, blocks=self.blocks)
         else:
-            unfreeze(self.base_model, top=phase, freeze_batchnorm=self._frozen_batchnorm)
+            unfreeze(self.base_model, top=phase, freeze_batchnorm=self._frozen_batchnorm, blocks=self.blocks)
 
     def _every_phase_variable(self) -> list:
         """Variables of the model trainable in any phase, in model order."""
-        flags = [(layer, layer.trainable) for layer in _all_layers(self.base_model)]
+        flags = [(layer, layer.trainable) for layer in all_layers(self.base_model)]
         wanted = set()
         for index in range(len(self._phases)):
             self._apply(index)
@@ -251,7 +257,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         super().set_model(model)
         _optimizer.clear_controllers(model)
         self._applied = None
-        if not any(layer is self.base_model for layer in _all_layers(model)):
+        if not any(layer is self.base_model for layer in all_layers(model)):
             raise ValueError(
                 "`base_model` must be a layer of the model being fit. "
                 f"Received: base_model={self.base_model.name!r}, "
@@ -295,7 +301,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         phase = self._phases[index]
         what = {0: "frozen (head only)", "all": "fully trainable"}.get(phase)
         if what is None:
-            what = f"trainable from {phase!r} up" if isinstance(phase, str) else f"trainable in its top {phase} layers"
+            what = f"trainable from {phase!r} up" if isinstance(phase, str) else f"trainable in its top {phase} units"
         rate = _optimizer.current_learning_rate(self.model.optimizer)
         print(
             f"Epoch {epoch + 1}: ProgressiveUnfreezing: {self.base_model.name!r} "
