@@ -8,16 +8,19 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_finetune.callbacks import SWA, AtomicBackup, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, update_batchnorm
+from keras_finetune.callbacks import (
+    EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, update_batchnorm,
+)
 from keras_finetune.callbacks.backup import resumed_epoch
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.distribute import get_strategy
 from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.optimizers import layer_decay_optimizer
 from keras_finetune.validation import (
-    check_bool, check_count, check_epoch, check_fraction, check_not_empty, check_positive, class_ids, ends_in_softmax,
-    epoch_of, is_int, output_activation,
+    check_bool, check_count, check_epoch, check_fraction, check_not_empty, check_number, check_positive, class_ids,
+    ends_in_softmax, epoch_of, is_int, output_activation,
 )
 
 __all__ = ["fine_tune"]
@@ -258,18 +261,27 @@ def _training_batches(source, classes: int, channels: int, epochs: int, start: i
     return train, steps, plain
 
 
-def _check_parts(swa, swa_lr, label_smoothing, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
+def _check_parts(swa, swa_lr, ema, layer_decay, label_smoothing, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
     """The recipe's parts as `fine_tune` takes them, or the error that names the argument."""
     check_fraction(label_smoothing, "label_smoothing", below_one=True)
+    if layer_decay is not None:
+        check_number(layer_decay, "layer_decay", 0.0, 1.0, open_low=True)
+    if ema is not None:
+        check_fraction(ema, "ema", below_one=True)
+        if swa is not None:
+            raise ValueError(
+                "`ema` and `swa` would both put an average of the weights into the model when `fit` ends; "
+                f"pass swa=None with ema. Received: ema={ema!r}, swa={swa!r}"
+            )
     if swa_lr is not None:
         check_positive(swa_lr, "swa_lr")
     if swa is not None:
         check_epoch(swa, "swa")
         if epoch_of(swa, epochs) == epochs - 1:
             warnings.warn(f"swa={swa!r} of {epochs} epochs averages the last epoch's weights alone.", stacklevel=3)
-    if schedule not in ("cosine", None) and not isinstance(schedule, keras.callbacks.Callback):
+    if schedule not in ("cosine", "one_cycle", None) and not isinstance(schedule, keras.callbacks.Callback):
         raise ValueError(
-            f'`schedule` must be "cosine", None or a keras Callback. Received: schedule={schedule!r}'
+            f'`schedule` must be "cosine", "one_cycle", None or a keras Callback. Received: schedule={schedule!r}'
         )
     if schedule == "cosine" and warmup_epochs > epochs:
         raise ValueError(
@@ -322,9 +334,11 @@ def _unfreezing(base_model, unfreeze, frozen_epochs, epochs: int, learning_rate:
         raise ValueError(f"{error} (from unfreeze={unfreeze!r})") from None
 
 
-def _compile(model, optimizer, learning_rate: float, label_smoothing: float, from_logits: bool, strategy) -> None:
+def _compile(model, base_model, optimizer, learning_rate: float, layer_decay, label_smoothing: float, from_logits: bool, strategy) -> None:
     with strategy.scope():
-        if isinstance(optimizer, str):
+        if layer_decay is not None:
+            optimizer = layer_decay_optimizer(model, base_model, learning_rate, decay=layer_decay, optimizer=optimizer)
+        elif isinstance(optimizer, str):
             optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
         # Keras's own loss (our uniform smoothing is the same), so a saved model reloads without this package.
         model.compile(
@@ -334,15 +348,29 @@ def _compile(model, optimizer, learning_rate: float, label_smoothing: float, fro
         )
 
 
-def _recipe_callbacks(seed, schedule, epochs: int, warmup_epochs: int, swa, swa_lr, bn_data, backup_dir) -> list:
-    """Per-epoch seeds, the rate schedule and SWA, after ProgressiveUnfreezing."""
-    callbacks = [] if seed is None else [EpochSeeds(seed)]
+def _rate_schedule(schedule, learning_rate: float, epochs: int, warmup_epochs: int, steps):
+    """The callback of `schedule`: cosine per epoch, one cycle per phase (fastai's `fine_tune`), or the caller's."""
     if schedule == "cosine":
-        callbacks.append(CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs))
-    elif schedule is not None:
-        callbacks.append(schedule)
+        return CosineAnnealing(t_max=epochs, warmup_epochs=warmup_epochs)
+    if schedule != "one_cycle":
+        return schedule
+    if steps is None:
+        raise ValueError(
+            'schedule="one_cycle" sets the rate per step and needs the steps per epoch, which this training data does '
+            'not tell (a dataset of unknown length). Use schedule="cosine", or data of known length. Received: schedule="one_cycle"'
+        )
+    return OneCycle(learning_rate, cycle_momentum="auto", restart_per_phase=True)
+
+
+def _recipe_callbacks(seed, rate_schedule, swa, swa_lr, ema, bn_data, backup_dir) -> list:
+    """Per-epoch seeds, the rate schedule and SWA or EMA, after ProgressiveUnfreezing."""
+    callbacks = [] if seed is None else [EpochSeeds(seed)]
+    if rate_schedule is not None:
+        callbacks.append(rate_schedule)
     if swa is not None:
         callbacks.append(SWA(swa, swa_lr=swa_lr, bn_data=bn_data, backup_dir=backup_dir))
+    if ema is not None:
+        callbacks.append(EMA(ema, bn_data=bn_data, backup_dir=backup_dir))
     return callbacks
 
 
@@ -367,6 +395,8 @@ def fine_tune(
     label_smoothing: float = 0.1,
     swa: int | float | None = 0.75,
     swa_lr: float | None = None,
+    ema: float | None = None,
+    layer_decay: float | None = None,
     freeze_batchnorm: bool | str = "auto",
     batch_size: int = 32,
     from_logits: bool | None = None,
@@ -396,8 +426,12 @@ def fine_tune(
        recomputed over the training batches when `fit` ends, as SWA's pass
        does). The optimizer keeps its state across phases.
     3. `CosineAnnealing` over all `epochs` with `warmup_epochs` of linear
-       warm-up, on top of each phase's rate (`schedule=None` turns it off; a
-       Keras callback, e.g. `StepLR` or `ReduceLROnPlateau`, replaces it).
+       warm-up, on top of each phase's rate (`schedule=None` turns it off;
+       `"one_cycle"` runs a `OneCycle` per phase peaking at its rate, as
+       fastai's `fine_tune` does; a Keras callback, e.g. `StepLR` or
+       `ReduceLROnPlateau`, replaces it). With `layer_decay`, the optimizer
+       is a `layer_decay_optimizer`: each block of the base at `layer_decay`
+       times the rate of the block above it.
     4. The training pipeline, one epoch after the other: shuffled batches, `image_augmentation` (True:
        the preset; a dict: its options; a layer: that layer), then
        `MixUpOrCutMix` (True, a dict of options, or a layer). The preset
@@ -408,7 +442,9 @@ def fine_tune(
        smoothed as timm does).
     6. `SWA` from epoch `swa` (int, or a fraction of `epochs`) to the end, at
        `swa_lr` if given, with the BatchNorm statistics of trainable
-       BatchNorm layers recomputed over the un-augmented training batches.
+       BatchNorm layers recomputed over the un-augmented training batches;
+       or, with `ema` (and `swa=None`), an `EMA` of every step with that
+       decay, its statistics recomputed the same way.
     7. Compiled with Keras's own `CategoricalCrossentropy` (so a saved model
        reloads with plain `keras.models.load_model`) and fit under `strategy`
        (default `get_strategy()`): when `model` was built outside its scope,
@@ -449,8 +485,8 @@ def fine_tune(
         optimizer: str or keras.optimizers.Optimizer. A name (built with
             `learning_rate`) or an optimizer made in `strategy`'s scope.
             Defaults to `"adam"`.
-        schedule: `"cosine"`, `None` or a Keras callback that sets the rate.
-            Defaults to `"cosine"`.
+        schedule: `"cosine"`, `"one_cycle"`, `None` or a Keras callback
+            that sets the rate. Defaults to `"cosine"`.
         warmup_epochs: int. Linear warm-up epochs of the cosine schedule.
             Defaults to 1.
         augmentation: True, False/None, a dict of `image_augmentation`
@@ -462,6 +498,10 @@ def fine_tune(
             `epochs`; `None` turns SWA off. Defaults to 0.75.
         swa_lr: float. The rate held while averaging. Defaults to `None`
             (the schedule's).
+        ema: float or None. The decay of an `EMA` of the weights, in
+            [0, 1), in place of SWA (pass `swa=None`). Defaults to `None`.
+        layer_decay: float or None. Layer-wise rate decay per block, in
+            (0, 1]. Defaults to `None` (one rate for the base).
         freeze_batchnorm: bool or `"auto"`. Keep the base's BatchNorm
             layers frozen: all, none, or those with learned statistics.
             Defaults to `"auto"`.
@@ -509,7 +549,7 @@ def fine_tune(
     learning_rate = check_positive(learning_rate, "learning_rate")
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
     _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose)
-    _check_parts(swa, swa_lr, label_smoothing, epochs, schedule, warmup_epochs, seed, callbacks)
+    _check_parts(swa, swa_lr, ema, layer_decay, label_smoothing, epochs, schedule, warmup_epochs, seed, callbacks)
     strategy = strategy or get_strategy()
     model, base_model, classes = _classifier(model, num_classes, base_model, head, input_shape, strategy)
     from_logits = _from_logits(model, from_logits)
@@ -525,10 +565,11 @@ def fine_tune(
         validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
         check_not_empty(validation_data, "validation_data")
 
-    recipe = [unfreezing, *_recipe_callbacks(seed, schedule, epochs, warmup_epochs, swa, swa_lr, bn_data, backup_dir)]
+    _compile(model, base_model, optimizer, learning_rate, layer_decay, label_smoothing, from_logits, strategy)
+    rate_schedule = _rate_schedule(schedule, learning_rate, epochs, warmup_epochs, steps)
+    recipe = [unfreezing, *_recipe_callbacks(seed, rate_schedule, swa, swa_lr, ema, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
-    _compile(model, optimizer, learning_rate, label_smoothing, from_logits, strategy)
     history = model.fit(
         train.prefetch(tf.data.AUTOTUNE),
         validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
@@ -539,6 +580,6 @@ def fine_tune(
         verbose=verbose,
     )
     trained = [layer for layer in untrained if layer.trainable]
-    if trained and swa is None:  # SWA's pass does this: statistics of the final weights, not lagging averages
+    if trained and swa is None and ema is None:  # SWA's and EMA's pass does this: statistics of the final weights, not lagging averages
         update_batchnorm(model, bn_data, layers=trained)
     return history

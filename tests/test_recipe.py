@@ -320,3 +320,64 @@ def test_bad_models_and_data_are_refused(data):
     images, labels = data
     with pytest.raises(ValueError, match="train_data` labels must be"):
         fine_tune(base_weights(), (images, labels.astype("float32")), num_classes=4, verbose=0)
+
+
+def test_schedule_one_cycle_runs_one_cycle_per_phase(data):
+    from test_one_cycle import torch_one_cycle
+
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=4, frozen_epochs=2, learning_rate=2e-3, schedule="one_cycle",
+        augmentation=False, mixing=False, swa=None, batch_size=16, seed=0, verbose=0,
+    )
+    logs = history.history
+    frozen, unfrozen = torch_one_cycle(6, 2e-3), torch_one_cycle(6, 2e-4)  # 3 steps an epoch, 2 epochs a phase
+    np.testing.assert_allclose(logs["learning_rate"], [frozen[0][2], frozen[0][5], unfrozen[0][2], unfrozen[0][5]], rtol=1e-5)
+    np.testing.assert_allclose(logs["momentum"], [frozen[1][2], frozen[1][5], unfrozen[1][2], unfrozen[1][5]], rtol=1e-6)
+    assert history.model.optimizer.beta_1 == 0.9  # the compiled value is back
+
+
+def test_ema_puts_the_average_of_every_step_in_the_model(data):
+    from test_ema import Steps, ema_by_numpy
+
+    steps = Steps()
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=3, frozen_epochs=1, ema=0.9, swa=None,
+        augmentation=False, mixing=False, batch_size=16, seed=0, callbacks=[steps], verbose=0,
+    )
+    model = history.model
+    expected = ema_by_numpy(steps.weights, 0.9)  # the base joins when it is unfrozen at epoch 1
+    for variable, value in zip(model.weights, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+    assert not np.allclose(model.get_layer("head_output").kernel.numpy(), steps.weights[-1][-2])
+
+
+def test_layer_decay_gives_each_block_its_rate(data):
+    history = fine_tune(
+        base_weights(), data, num_classes=4, epochs=2, frozen_epochs=1, learning_rate=1e-3, layer_decay=0.5,
+        **NO_PARTS, batch_size=16, seed=0, verbose=0,
+    )
+    optimizer = history.model.optimizer
+    rates = {v.path: float(optimizer._optimizer_map[v.path].learning_rate.numpy()) for v in history.model.trainable_weights}
+    head = rates["head_output/kernel"]
+    assert head == pytest.approx(1e-4)  # the unfrozen phase's rate
+    assert [rates[p] / head for p in ("conv0/kernel", "conv1/kernel", "conv2/kernel")] == pytest.approx([0.125, 0.25, 0.5])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"ema": 0.99}, ValueError, r"pass swa=None with ema. Received: ema=0.99, swa=0.75"),
+        ({"ema": 1.0, "swa": None}, ValueError, r"Received: ema=1.0"),
+        ({"layer_decay": 0}, ValueError, r"Received: layer_decay=0"),
+        ({"schedule": "onecycle"}, ValueError, r'"one_cycle".*Received: schedule=\'onecycle\''),
+    ],
+)
+def test_the_new_parts_refuse_bad_values(data, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fine_tune(base_weights(), data, num_classes=4, epochs=2, verbose=0, **kwargs)
+
+
+def test_one_cycle_refuses_data_of_unknown_length(data):
+    unknown = tf.data.Dataset.from_tensor_slices(data).filter(lambda x, y: True).batch(16)
+    with pytest.raises(ValueError, match=r"unknown length.*Received: schedule=\"one_cycle\""):
+        fine_tune(base_weights(), unknown, num_classes=4, epochs=2, schedule="one_cycle", verbose=0)

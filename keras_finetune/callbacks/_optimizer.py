@@ -160,6 +160,17 @@ def momentum_attribute(holder) -> str | None:
     return None
 
 
+def _compiled_momentum(holder):
+    attribute = momentum_attribute(holder)
+    value = getattr(holder, attribute, None) if attribute else None
+    return getattr(value, "compiled", value)
+
+
+def has_momentum(optimizer) -> bool:
+    """Whether every optimizer of `optimizer` has a momentum to cycle (`beta_1`, or a `momentum` > 0)."""
+    return all(_compiled_momentum(holder) not in (None, 0) for holder in _holders(optimizer))
+
+
 def variable_momentum(model: keras.Model, caller: str) -> list:
     """Put a `_Momentum` variable in place of each optimizer's momentum; returns them.
 
@@ -171,7 +182,7 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
     for holder in _holders(model.optimizer):
         attribute = momentum_attribute(holder)
         value = getattr(holder, attribute, None) if attribute else None
-        if getattr(value, "compiled", value) in (None, 0):
+        if _compiled_momentum(holder) in (None, 0):
             raise ValueError(
                 f"{caller} cycles the momentum, but {type(holder).__name__} {holder.name!r} has none "
                 f"(`beta_1`, or `momentum` > 0 when compiled). Compile SGD or RMSprop with momentum > 0, "

@@ -81,7 +81,8 @@ class OneCycle(keras.callbacks.Callback):
         div: float. The cycle starts at `max_lr / div`. Defaults to `25.0`.
         final_div: float. It ends at `max_lr / (div * final_div)`. Defaults
             to `1e4`.
-        cycle_momentum: bool. Cycle the momentum too. Defaults to `True`.
+        cycle_momentum: bool or `"auto"`. Cycle the momentum too; `"auto"`
+            where the optimizer has one. Defaults to `True`.
         base_momentum: float. The momentum at the peak rate. Defaults to `0.85`.
         max_momentum: float. The momentum at both ends. Defaults to `0.95`.
         restart_per_phase: bool. One cycle per phase of a
@@ -106,7 +107,7 @@ class OneCycle(keras.callbacks.Callback):
         pct_start: float = 0.25,
         div: float = 25.0,
         final_div: float = 1e4,
-        cycle_momentum: bool = True,
+        cycle_momentum: bool | str = True,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
         restart_per_phase: bool = False,
@@ -117,7 +118,7 @@ class OneCycle(keras.callbacks.Callback):
         self.pct_start = check_number(pct_start, "pct_start", 0.0, 1.0, open_low=True, open_high=True)
         self.div = check_number(div, "div", 1.0)
         self.final_div = check_number(final_div, "final_div", 1.0)
-        self.cycle_momentum = check_bool(cycle_momentum, "cycle_momentum")
+        self.cycle_momentum = cycle_momentum if cycle_momentum == "auto" else check_bool(cycle_momentum, "cycle_momentum")
         self.base_momentum = check_fraction(base_momentum, "base_momentum", below_one=True)
         self.max_momentum = check_fraction(max_momentum, "max_momentum", below_one=True)
         if self.base_momentum > self.max_momentum:
@@ -146,7 +147,10 @@ class OneCycle(keras.callbacks.Callback):
             )
         _optimizer.check_settable(self.model.optimizer, "OneCycle")
         _optimizer.register_controller(self.model, "schedule", self)
-        if self.cycle_momentum:
+        cycle = self.cycle_momentum
+        if cycle == "auto":
+            cycle = _optimizer.has_momentum(self.model.optimizer)
+        if cycle:
             self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
         self._cycles = None
 
