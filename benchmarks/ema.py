@@ -1,17 +1,19 @@
-"""EMA: the per-step cost of averaging every weight, against a bare `fit` and Keras's own `use_ema=True`.
+"""EMA: the per-step cost of averaging every weight, against a bare train step and Keras's own `use_ema=True`.
 
-Epochs of `keras.applications.MobileNetV3Small` (`weights=None`, 96x96x3
-inputs, 10 classes, the model and data of `benchmarks/swa.py`): a bare `fit`;
-`fit` with `EMA` updating after every step and after every 10th; and, as the
-reference users have today, the same model compiled with Keras's
-`SGD(use_ema=True)` (trainable variables only, inside the train step).
-Epochs interleaved, median seconds per epoch, from the first step's begin
-to the last step's end: the ratio is the per-step cost. (A new `EMA` makes
-its average and traces its update in its first `fit`: a one-off cost,
-printed apart.) What EMA is worth in accuracy is measured
-on the demo task by `benchmarks/playbook_parts.py`.
+`keras.applications.MobileNetV3Small` (`weights=None`, 96x96x3 inputs, 10
+classes, the model and data of `benchmarks/swa.py`), compiled with
+`SGD(0.01, momentum=0.9)`. On one device `EMA` traces its update into the
+train step; this times the train functions `fit` calls, taken from the
+model: bare; with `EMA(0.999)` updating after every step and after every
+10th; and, as the reference users have today, the same model compiled with
+`SGD(use_ema=True)` (Keras's own EMA of the trainable variables inside the
+step). Blocks of 5 steps of each in turn, `--rounds` times; median seconds
+per step and the ratio to the bare step.
 
-    python benchmarks/ema.py [--repeats 15]
+What EMA is worth in accuracy is measured on the demo task by
+`benchmarks/playbook_parts.py`.
+
+    python benchmarks/ema.py [--rounds 30]
 """
 
 import argparse
@@ -22,44 +24,56 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from swa import mobilenet_data  # noqa: E402
-from timing import interleaved_epochs, print_ratios  # noqa: E402
+from timing import print_ratios  # noqa: E402
 
 from keras_finetune.callbacks import EMA  # noqa: E402
 
 
+def with_ema(model, ema: EMA):
+    """The train function `fit` runs with `ema`: what its callbacks do before the first step."""
+    ema.set_model(model)
+    ema.set_params({"epochs": 1, "steps": 16, "verbose": 0})
+    ema.on_train_begin()
+    ema.on_epoch_begin(0)
+    ema.on_train_batch_begin(0)
+    return model.train_function
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     model, dataset = mobilenet_data()
     keras_ema, _ = mobilenet_data()
     keras_ema.compile(keras.optimizers.SGD(0.01, momentum=0.9, use_ema=True), "sparse_categorical_crossentropy")
+    for fitted in (model, keras_ema):
+        fitted.fit(dataset, epochs=1, verbose=0)  # builds the optimizers
+    model.make_train_function(force=True)
+    functions = {
+        "bare train step": model.train_function,
+        "EMA, every step": with_ema(model, EMA(0.999)),
+        "EMA, every 10th step": with_ema(model, EMA(0.999, every_n_steps=10)),
+        "Keras SGD(use_ema=True)": keras_ema.train_function,
+    }
+    batches = iter(tf.distribute.get_strategy().experimental_distribute_dataset(dataset.repeat()))
+    for function in functions.values():  # traced before timing
+        function(batches)
+    seconds = {name: [] for name in functions}
+    for _ in range(args.rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(5):
+                logs = function(batches)
+            float(logs["loss"])  # the steps are done
+            seconds[name].append((time.perf_counter() - start) / 5)
     weights = sum(int(np.prod(v.shape)) for v in model.weights)
-
-    def run(callbacks, extra=(), fitted=model):
-        fitted.fit(dataset, epochs=1, verbose=0, callbacks=[*extra, *callbacks])
-
-    # One callback each, reused: its average and traced update are made once, in the untimed first fit.
-    every_step, every_10th = EMA(0.999), EMA(0.999, every_n_steps=10)
-    seconds = interleaved_epochs(
-        {
-            "bare fit": run,
-            "fit + EMA, every step": lambda callbacks: run(callbacks, [every_step]),
-            "fit + EMA, every 10th step": lambda callbacks: run(callbacks, [every_10th]),
-            "Keras SGD(use_ema=True)": lambda callbacks: run(callbacks, fitted=keras_ema),
-        },
-        args.repeats,
-    )
-    steps = len(list(dataset))
     print(
-        f"EMA cost, MobileNetV3Small (weights=None, {weights:,} weights), "
-        f"{steps} steps of 32 96x96x3 images per epoch, median of {args.repeats} epochs:"
+        f"EMA cost, MobileNetV3Small (weights=None, {weights:,} weights), batches of 32 96x96x3 images; "
+        f"median of {args.rounds} blocks of 5 steps:"
     )
-    print_ratios(seconds, "bare fit")
-    start = time.perf_counter()
-    run([], [EMA(0.999)])
-    print(f"  one-off: a first fit of one epoch with a new EMA takes {time.perf_counter() - start:.2f} s")
+    print_ratios({name: float(np.median(values)) for name, values in seconds.items()}, "bare train step", "step")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ def interleaved_epochs(fits: dict, repeats: int) -> dict:
     return {name: float(np.median(values)) for name, values in seconds.items()}
 
 
-def print_ratios(seconds: dict, reference: str) -> None:
-    """One line per entry: median seconds per epoch and the ratio to `reference`."""
+def print_ratios(seconds: dict, reference: str, unit: str = "epoch") -> None:
+    """One line per entry: median seconds per `unit` and the ratio to `reference`."""
     width = max(map(len, seconds))
     for name, median in seconds.items():
-        print(f"  {name:{width}s} {median:6.3f} s/epoch  ratio {median / seconds[reference]:.3f}")
+        print(f"  {name:{width}s} {median:6.3f} s/{unit}  ratio {median / seconds[reference]:.3f}")
