@@ -1,5 +1,7 @@
 import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -35,6 +37,13 @@ def with_statistics(model, seed=0):
             layer.moving_mean.assign(rng.normal(0.0, 0.1, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.8, 1.2, layer.moving_variance.shape))
     return model
+
+
+def fresh_process(code: str) -> str:
+    """Run `code` in a new Python process (one that imports what `code` imports, nothing more); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.fixture

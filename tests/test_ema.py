@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -9,7 +7,7 @@ import tensorflow as tf
 
 from keras_finetune.callbacks import EMA, ProgressiveUnfreezing, update_batchnorm
 from keras_finetune.heads import build_classifier
-from conftest import make_base, with_statistics
+from conftest import fresh_process, make_base, with_statistics
 
 
 class Steps(keras.callbacks.Callback):
@@ -251,8 +249,7 @@ def test_the_saved_model_holds_the_average_in_a_process_of_keras_alone(regressio
         "assert all(np.array_equal(v.numpy(), e[f'arr_{i}']) for i, v in enumerate(m.weights))\n"
         "print('same')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr
+    assert fresh_process(code).strip() == "same"
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,10 @@
 import math
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import fresh_process
 
 from keras_finetune.callbacks import CosineAnnealing, OneCycle, ProgressiveUnfreezing
 from keras_finetune.heads import build_classifier
@@ -227,9 +226,7 @@ def test_a_model_saved_mid_cycle_reloads_in_a_process_of_keras_alone(tmp_path):
         f"m = keras.saving.load_model({str(path)!r})\n"
         "print(float(np.asarray(m.optimizer.beta_1)), m.optimizer.iterations.numpy())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    beta_1, iterations = out.stdout.split()
+    beta_1, iterations = fresh_process(code).split()
     assert int(iterations) == 20
     assert float(beta_1) == 0.9  # as compiled: the cycle's variable stays out of the config
 

@@ -1,12 +1,10 @@
 import contextlib
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-from conftest import make_base, snapshot
+from conftest import fresh_process, make_base, snapshot
 
 from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing
 from keras_finetune.heads import build_classifier
@@ -188,9 +186,7 @@ def test_a_model_compiled_with_layer_decay_saves_and_reloads(images, int_labels,
         f"m = keras.saving.load_model({path!r})\n"
         "print(type(m.optimizer).__name__, sorted((float(o.learning_rate.numpy()), o.weight_decay) for o in m.optimizer.optimizers))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    name, reloaded = out.stdout.strip().split(" ", 1)
+    name, reloaded = fresh_process(code).strip().split(" ", 1)
     assert name == "DiscriminativeOptimizer"
     np.testing.assert_allclose(np.array(eval(reloaded)), np.array(settings), rtol=1e-7)
     loaded = keras.saving.load_model(path)

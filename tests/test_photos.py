@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PHOTO_CLASSES, write_photo_folder
+from conftest import PHOTO_CLASSES, fresh_process, write_photo_folder
 
 SCRIPT = Path(sys.executable).with_name("keras-finetune")
 TRAIN = ["train", "--backbone", "MobileNetV3Small", "--weights", "none", "--image-size", "64", "--batch-size", "16"]
@@ -26,13 +26,6 @@ def command(*argv, check=True):
         assert result.returncode == 0, result.stderr
         assert result.stderr == "", result.stderr
     return result
-
-
-def fresh_process(code: str) -> str:
-    """Run `code` in a new Python that imports only keras (and numpy); its stdout."""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
