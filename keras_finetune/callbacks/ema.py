@@ -27,6 +27,7 @@ def _one_device(model) -> bool:
     """Whether `fit` runs the model's step on one device, outside any `tf.distribute` strategy."""
     return isinstance(model.distribute_strategy, type(tf.distribute.get_strategy()))
 
+
 _STEM = "ema"  # its state is ema_state.npz in `backup_dir`
 
 
@@ -127,16 +128,18 @@ class EMA(keras.callbacks.Callback):
         self._next_update = None
         self._first_step = 0
         self._live = None
-        self._flags = None  # the variables the fused update reads: whether it has begun, what trains
+        self._fused = False  # the update traced into the train step
+        self._begun_flag = None  # whether averaging has begun, for the traced update to read
 
     def on_train_begin(self, logs=None) -> None:
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("EMA needs a compiled model: call `compile` first.")
         if self._average is None or self._average.model is not self.model:
             self._average = WeightAverage(self.model, decay=self.decay, warmup=self.warmup)
-            self._flags = None
+            self._begun_flag = keras.Variable(False, trainable=False)
         self._resumed = False
-        if _one_device(self.model):
+        self._fused = _one_device(self.model)
+        if self._fused:
             self._fuse()
 
     # On one device the update runs inside the traced train step, as Keras's own `use_ema` does: a call
@@ -145,8 +148,6 @@ class EMA(keras.callbacks.Callback):
     # update stays a call after it.
 
     def _fuse(self) -> None:
-        if self._flags is None:
-            self._flags = {"begun": keras.Variable(False, trainable=False)}
         model = self.model
         plain = getattr(model.train_step, "_without_ema", model.train_step)
 
@@ -163,7 +164,7 @@ class EMA(keras.callbacks.Callback):
         """The update of the step just taken, when one is due (traced into the train step)."""
         step = self.model.optimizer.iterations
         due = tf.logical_and(
-            self._flags["begun"],
+            self._begun_flag,
             tf.logical_and(step > self.start_step, tf.equal((step - self.start_step) % self.every_n_steps, 0)),
         )
         tf.cond(due, self._average.update, lambda: None)
@@ -183,8 +184,7 @@ class EMA(keras.callbacks.Callback):
         self._sync_begun()
 
     def _sync_begun(self) -> None:
-        if self._flags is not None:
-            self._flags["begun"].assign(self.begun)
+        self._begun_flag.assign(self.begun)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         # The step count read once per epoch: `iterations`, which BackupAndRestore restores.
@@ -208,7 +208,7 @@ class EMA(keras.callbacks.Callback):
                 return
             self._average.restart()
             self._set_begun(True)
-        elif self._flags is None and self._next_update is not None and step >= self._next_update:
+        elif not self._fused and self._next_update is not None and step >= self._next_update:
             self._average.update()
         # None after a resume: the update of `step` itself, if it had one, is in the average already.
         self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)
