@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-
 __all__ = ["Units", "all_layers", "children", "units"]
 
 # A layer name -> its block, for the backbones of keras.applications and keras-hub. The first pattern

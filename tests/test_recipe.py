@@ -374,10 +374,10 @@ def test_layer_decay_gives_each_block_its_rate(data):
 )
 def test_the_new_parts_refuse_bad_values(data, kwargs, error, match):
     with pytest.raises(error, match=match):
-        fine_tune(base_weights(), data, num_classes=4, epochs=2, verbose=0, **kwargs)
+        fine_tune(base_weights(), data, num_classes=4, epochs=8, frozen_epochs=2, verbose=0, **kwargs)
 
 
 def test_one_cycle_refuses_data_of_unknown_length(data):
     unknown = tf.data.Dataset.from_tensor_slices(data).filter(lambda x, y: True).batch(16)
     with pytest.raises(ValueError, match=r"unknown length.*Received: schedule=\"one_cycle\""):
-        fine_tune(base_weights(), unknown, num_classes=4, epochs=2, schedule="one_cycle", verbose=0)
+        fine_tune(base_weights(), unknown, num_classes=4, epochs=8, frozen_epochs=2, schedule="one_cycle", verbose=0)
