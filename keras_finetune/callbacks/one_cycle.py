@@ -17,7 +17,7 @@ import keras
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.validation import check_bool, check_fraction, check_number, check_positive
 
-__all__ = ["OneCycle", "one_cycle_fraction"]
+__all__ = ["OneCycle"]
 
 
 def _anneal(start: float, end: float, pct: float) -> float:
@@ -31,14 +31,6 @@ def _position(step: int, total: int, pct_start: float) -> tuple[int, float]:
         return 0, step / warm_end if warm_end else 1.0
     span = (total - 1) - warm_end
     return 1, (step - warm_end) / span if span else 1.0
-
-
-def one_cycle_fraction(step: int, total: int, pct_start: float, div: float, final_div: float) -> float:
-    """The rate of `step` (from 0) of a `total`-step cycle, as a fraction of `max_lr`."""
-    phase, pct = _position(step, total, pct_start)
-    if phase == 0:
-        return _anneal(1.0 / div, 1.0, pct)
-    return _anneal(1.0, 1.0 / (div * final_div), pct)
 
 
 class OneCycle(keras.callbacks.Callback):
@@ -177,11 +169,11 @@ class OneCycle(keras.callbacks.Callback):
         if phases is not None and not self.restart_per_phase:
             peak = phases.base_learning_rate(epoch) or self.max_lr
         step, total = (epoch - first) * steps + batch, (end - first) * steps
-        rate = peak * one_cycle_fraction(step, total, self.pct_start, self.div, self.final_div)
         phase, pct = _position(step, total, self.pct_start)
-        ends = (self.max_momentum, self.base_momentum)
-        momentum = _anneal(*(ends if phase == 0 else ends[::-1]), pct)
-        return rate, momentum
+        rates = (peak / self.div, peak, peak / (self.div * self.final_div))
+        momenta = (self.max_momentum, self.base_momentum, self.max_momentum)
+        # Phase 0 goes from the first value of each triple to the second, phase 1 from the second to the third.
+        return _anneal(rates[phase], rates[phase + 1], pct), _anneal(momenta[phase], momenta[phase + 1], pct)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if self._cycles is None:
