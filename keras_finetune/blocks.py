@@ -85,9 +85,6 @@ class Units(list):
                 return index
         return None
 
-    def variables(self, index: int) -> list:
-        return [v for layer in self[index] for v in _own_variables(layer)]
-
 
 def _matcher(blocks) -> Callable:
     """`layer -> block key or None` from a list of name prefixes, a callable, or the known patterns."""

@@ -209,7 +209,7 @@ def _first_unfrozen_unit(base_model: keras.Model, found: list, top, from_layer) 
 
 
 def describe_units(found) -> str:
-    """What a base's units are, in words: "blocks (the stem and 16 blocks)" or "entries of `base_model.layers`"."""
+    """What a base's units are, in words: "units (the stem and 16 blocks)" or "entries of `base_model.layers`"."""
     if found.blocks:
         return f"units (the stem and {len(found) - 1} blocks)"
     return "entries of `base_model.layers`"
