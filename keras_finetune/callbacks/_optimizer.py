@@ -22,6 +22,8 @@ import weakref
 import keras
 import numpy as np
 
+from keras_finetune import backend
+
 # Absent before Keras 3.15; isinstance(x, ()) is always False.
 _MULTI_OPTIMIZER = getattr(keras.optimizers, "MultiOptimizer", ())
 
@@ -103,17 +105,17 @@ def cover_variables(model: keras.Model, variables: list) -> None:
     the variables it knew) carried over by variable path.
     """
     optimizer = model.optimizer
-    if optimizer.built and _knows(optimizer, variables):
-        return
-    with model.distribute_strategy.scope():
-        if not optimizer.built:
+    if not optimizer.built:
+        with backend.scope(model):
             optimizer.build(variables)
-            return
-        replacement = optimizer.__class__.from_config(optimizer.get_config())
-        replacement.build(variables)
-    if int(optimizer.iterations.numpy()):
-        _carry_state(optimizer, replacement)
-    model.optimizer = replacement
+    elif not _knows(optimizer, variables):
+        with backend.scope(model):
+            replacement = optimizer.__class__.from_config(optimizer.get_config())
+            replacement.build(variables)
+        if int(optimizer.iterations.numpy()):
+            _carry_state(optimizer, replacement)
+        model.optimizer = replacement
+    backend.train_subset(model)
 
 
 def _carry_state(old, new) -> None:
@@ -190,7 +192,7 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
                 + (f"(momentum={holder.momentum})" if attribute == "momentum" else "")
             )
         if not isinstance(value, _Momentum):
-            with model.distribute_strategy.scope():
+            with backend.scope(model):
                 value = _Momentum(value, name=f"{holder.name}_{attribute}")
             # Past the optimizer's tracker: the variable must not join its saved state.
             object.__setattr__(holder, attribute, value)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_finetune import backend
 from keras_finetune.blocks import all_layers
 from keras_finetune.freezing import _check_layer, batchnorm_layers
 from keras_finetune.validation import check_count
@@ -29,8 +29,10 @@ def _batches(data, steps: int | None, batch_size: int):
     """Model inputs, one batch at a time, from the forms `fit` takes."""
     if isinstance(data, tuple):  # (x, y) or (x, y, sample_weight) arrays
         data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor, dict)) or keras.ops.is_tensor(data):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    if isinstance(data, (np.ndarray, dict)) or keras.ops.is_tensor(data) or hasattr(data, "__array__"):
+        samples = keras.tree.map_structure(np.asarray, data)
+        count = len(keras.tree.flatten(samples)[0])
+        data = (keras.tree.map_structure(lambda x: x[start : start + batch_size], samples) for start in range(0, count, batch_size))
     if not hasattr(data, "__iter__"):
         raise TypeError(
             "`data` must be a tf.data.Dataset, an array, a tuple (x, y) or an iterable of batches. "
@@ -132,17 +134,16 @@ def update_batchnorm(
         for variable in (layer.moving_mean, layer.moving_variance)
     ]
     flags = [(layer, layer.momentum, layer.trainable) for layer in selected]
-    strategy = model.distribute_strategy
     done = False
     try:
-        with strategy.scope():
+        with backend.scope(model):
             for layer in selected:
                 # momentum 0: after each batch the moving statistics are that
                 # batch's moments, read and accumulated below.
                 layer.momentum = 0.0
                 layer.trainable = True
-                layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-                layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+                layer.moving_mean.assign(keras.ops.zeros(layer.moving_mean.shape))
+                layer.moving_variance.assign(keras.ops.ones(layer.moving_variance.shape))
             total, sums, squares = _accumulate(model, selected, _batches(data, steps, batch_size))
             if total == 0:
                 raise ValueError(
@@ -165,7 +166,7 @@ def update_batchnorm(
         for layer, momentum, trainable in flags:
             layer.momentum = momentum
             layer.trainable = trainable
-        with strategy.scope():
+        with backend.scope(model):
             for is_selected, variable, value in saved:
                 if not (done and is_selected):
                     variable.assign(value)
@@ -187,17 +188,23 @@ def _traced_pass(model, layers: list):
     if cached is not None and cached[0] == flags:
         return cached[1]
     model_ref = weakref.ref(model)  # the cache must not keep the model alive
+    # The statistics `model(x, training=True)` leaves, from `stateless_call`: the same on every backend.
+    positions = {id(variable): index for index, variable in enumerate(model.non_trainable_variables)}
+    wanted = [(positions[id(layer.moving_mean)], positions[id(layer.moving_variance)]) for layer in layers]
 
-    @tf.function(reduce_retracing=True)
-    def moments(x):
-        model_ref()(x, training=True)
-        return [
-            (keras.ops.convert_to_tensor(layer.moving_mean), keras.ops.convert_to_tensor(layer.moving_variance))
-            for layer in layers
-        ]
+    def moments(trainable, non_trainable, x):
+        _, updated = model_ref().stateless_call(trainable, non_trainable, x, training=True)
+        return [(updated[mean], updated[variance]) for mean, variance in wanted]
 
-    _PASSES[model] = (flags, moments)
-    return moments
+    traced = backend.compiled(moments)
+
+    def run(x):
+        model = model_ref()
+        values = [[variable.value for variable in variables] for variables in (model.trainable_variables, model.non_trainable_variables)]
+        return traced(*values, keras.tree.map_structure(keras.ops.convert_to_tensor, x))
+
+    _PASSES[model] = (flags, run)
+    return run
 
 
 def _accumulate(model, layers: list, batches) -> tuple:
@@ -207,7 +214,7 @@ def _accumulate(model, layers: list, batches) -> tuple:
     sums = [0.0] * len(layers)
     squares = [0.0] * len(layers)
     for x in batches:
-        size = int(tf.shape(tf.nest.flatten(x)[0])[0])
+        size = int(keras.tree.flatten(x)[0].shape[0])
         for index, (mean, variance) in enumerate(moments(x)):
             mean = np.asarray(mean, dtype="float64")
             sums[index] = sums[index] + size * mean

@@ -14,18 +14,13 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_finetune import backend
 from keras_finetune.callbacks._averaging import WeightAverage
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 from keras_finetune.validation import check_bool, check_count, check_fraction
 
 __all__ = ["EMA"]
-
-
-def _one_device(model) -> bool:
-    """Whether `fit` runs the model's step on one device, outside any `tf.distribute` strategy."""
-    return isinstance(model.distribute_strategy, type(tf.distribute.get_strategy()))
 
 
 _STEM = "ema"  # its state is ema_state.npz in `backup_dir`
@@ -138,7 +133,7 @@ class EMA(keras.callbacks.Callback):
             self._average = WeightAverage(self.model, decay=self.decay, warmup=self.warmup)
             self._begun_flag = keras.Variable(False, trainable=False)
         self._resumed = False
-        self._fused = _one_device(self.model)
+        self._fused = backend.STEP_UPDATES_VARIABLES and backend.one_device(self.model)
         if self._fused:
             self._fuse()
 
@@ -163,11 +158,11 @@ class EMA(keras.callbacks.Callback):
     def _fold_in_step(self) -> None:
         """The update of the step just taken, when one is due (traced into the train step)."""
         step = self.model.optimizer.iterations
-        due = tf.logical_and(
+        due = keras.ops.logical_and(
             self._begun_flag,
-            tf.logical_and(step > self.start_step, tf.equal((step - self.start_step) % self.every_n_steps, 0)),
+            keras.ops.logical_and(step > self.start_step, keras.ops.equal((step - self.start_step) % self.every_n_steps, 0)),
         )
-        tf.cond(due, self._average.update, lambda: None)
+        keras.ops.cond(due, self._average.update, lambda: None)
 
     def _unfuse(self) -> None:
         if "train_step" in vars(self.model):
@@ -206,9 +201,11 @@ class EMA(keras.callbacks.Callback):
         if not self.begun:
             if step < self.start_step:
                 return
+            backend.sync(self.model)
             self._average.restart()
             self._set_begun(True)
         elif not self._fused and self._next_update is not None and step >= self._next_update:
+            backend.sync(self.model)
             self._average.update()
         # None after a resume: the update of `step` itself, if it had one, is in the average already.
         self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)

@@ -13,6 +13,7 @@ import math
 import keras
 import numpy as np
 
+from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.report import pyplot
 from keras_finetune.validation import check_count, check_number, check_positive
@@ -92,6 +93,7 @@ class LRFinder(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         rate = self.min_lr * (self.max_lr / self.min_lr) ** (k / (self.steps - 1))
+        backend.sync(self.model)
         _optimizer.set_learning_rate(self.model.optimizer, rate)
         self.learning_rates.append(rate)
 
@@ -166,7 +168,9 @@ def _equal_batches(data, batch_size: int):
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         count = len(data[0])
         dataset = tf.data.Dataset.from_tensor_slices(tuple(data))
-        return dataset.shuffle(count, seed=0).repeat().batch(min(batch_size, count), drop_remainder=True)
+        # One order for every iterator: JAX's `fit` draws a batch from an iterator of its own before training.
+        dataset = dataset.shuffle(count, seed=0, reshuffle_each_iteration=False)
+        return dataset.repeat().batch(min(batch_size, count), drop_remainder=True)
     raise TypeError(
         "`data` must be a batched tf.data.Dataset or an (x, y) tuple of arrays. "
         f"Received: data of type {type(data).__name__}"
@@ -220,7 +224,7 @@ def lr_find(
     dataset = _equal_batches(data, batch_size)
     saved = [np.array(v.numpy()) for v in model.weights]
     original, train_function, history = model.optimizer, model.train_function, getattr(model, "history", None)
-    with model.distribute_strategy.scope():
+    with backend.scope(model):
         model.optimizer = original.__class__.from_config(original.get_config())
     model.train_function = None
     try:

@@ -14,6 +14,7 @@ import math
 
 import keras
 
+from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.validation import check_bool, check_fraction, check_number, check_positive
 
@@ -141,7 +142,13 @@ class OneCycle(keras.callbacks.Callback):
         _optimizer.register_controller(self.model, "schedule", self)
         cycle = self.cycle_momentum
         if cycle == "auto":
-            cycle = _optimizer.has_momentum(self.model.optimizer)
+            cycle = backend.STEP_UPDATES_VARIABLES and _optimizer.has_momentum(self.model.optimizer)
+        elif cycle and not backend.STEP_UPDATES_VARIABLES:
+            raise ValueError(
+                f"OneCycle cannot cycle the momentum on the {keras.backend.backend()} backend: its train step is "
+                "traced with the momentum as a constant of the optimizer. Pass cycle_momentum=False (or \"auto\", "
+                "which cycles it where the backend allows). Received: cycle_momentum=True"
+            )
         if cycle:
             self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
         self._cycles = None
@@ -183,6 +190,7 @@ class OneCycle(keras.callbacks.Callback):
             print(f"Epoch {epoch + 1}: OneCycle starts the epoch at learning rate {self.values(epoch, 0)[0]:.4g}.")
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        backend.sync(self.model)
         rate, momentum = self.values(self._epoch, batch)
         if not _optimizer.swa_sets_rate(self.model, self._epoch):
             _optimizer.set_learning_rate(self.model.optimizer, rate)

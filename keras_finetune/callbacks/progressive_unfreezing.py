@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import keras
 import numpy as np
 
+from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.blocks import all_layers, units
 from keras_finetune.freezing import _named_layer, _size, batchnorm_to_freeze, describe_units, unfreeze
@@ -312,6 +313,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
         if self._warmup is None:
             return
+        backend.sync(self.model)
         if self._warmup["target"] is None:  # read after every on_epoch_begin ran
             self._warmup["target"] = _optimizer.current_learning_rate(self.model.optimizer)
         self._warmup["step"] += 1

@@ -1,0 +1,43 @@
+"""What differs between Keras's backends, kept in one place as Keras keeps its trainers.
+
+Keras runs `fit` in three ways. On TensorFlow and PyTorch the train step
+updates the model's variables in place. On JAX it is a pure function of the
+model's state: during an epoch the variables hold nothing (`fit` keeps the
+state outside them and puts it back when the epoch ends), an optimizer
+updates exactly the variables it was built over, and a variable that a
+traced function reads without being handed it is frozen into the trace.
+The parts of keras_finetune are written with `keras.ops` once; the few
+things that must be done differently per backend are these functions, taken
+from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
+
+- `scope(model)`: where a callback creates or assigns variables of a model
+  being fit (a `tf.distribute` strategy's scope on TensorFlow);
+- `one_device(model)`: whether `fit` runs the model's step on one device;
+- `sync(model)`: during `fit`, make the model's variables (weights,
+  optimizer state) current before a callback reads or sets them, so that the
+  next step starts from what the callback left (a no-op where the variables
+  always are current);
+- `assigning(pure, targets, sources, xla)`: a callable that sets the
+  variables `targets` to `pure(values of sources)`, compiled for the backend;
+- `compiled(pure)`: a pure function of tensors, compiled for the backend;
+- `train_subset(model)`: let the model's optimizer, built over every variable
+  that some phase trains, update those that train now;
+- `STEP_UPDATES_VARIABLES`: whether the train step assigns variables itself
+  (so a callback may trace an update of its own into it).
+"""
+
+import importlib
+
+import keras
+
+_module = importlib.import_module(f"{__name__}._{keras.backend.backend()}")
+
+scope = _module.scope
+one_device = _module.one_device
+sync = _module.sync
+assigning = _module.assigning
+compiled = _module.compiled
+train_subset = _module.train_subset
+STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
+
+__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "sync", "train_subset"]

@@ -1,0 +1,35 @@
+"""The TensorFlow backend: variables updated in place, `tf.distribute` strategies, `tf.function`."""
+
+import tensorflow as tf
+
+STEP_UPDATES_VARIABLES = True
+
+
+def scope(model):
+    # In the strategy's scope a cross-replica assignment reaches every replica.
+    return model.distribute_strategy.scope()
+
+
+def one_device(model) -> bool:
+    return isinstance(model.distribute_strategy, type(tf.distribute.get_strategy()))
+
+
+def sync(model) -> None:
+    """The variables are current: the train step assigns them."""
+
+
+def assigning(pure, targets, sources, xla=False):
+    @tf.function(jit_compile=xla)
+    def run():
+        for target, value in zip(targets, pure([source.value for source in sources])):
+            target.assign(value)
+
+    return run
+
+
+def compiled(pure):
+    return tf.function(pure, reduce_retracing=True)
+
+
+def train_subset(model) -> None:
+    """TensorFlow's optimizers update any subset of the variables they were built over."""

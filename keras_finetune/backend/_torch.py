@@ -1,0 +1,40 @@
+"""The PyTorch backend: variables updated in place, one device, eager functions."""
+
+import contextlib
+
+import torch
+
+STEP_UPDATES_VARIABLES = True
+
+
+def scope(model):
+    return contextlib.nullcontext()
+
+
+def one_device(model) -> bool:
+    return True
+
+
+def sync(model) -> None:
+    """The variables are current: the train step assigns them."""
+
+
+def assigning(pure, targets, sources, xla=False):
+    def run():
+        with torch.no_grad():
+            for target, value in zip(targets, pure([source.value for source in sources])):
+                target.assign(value)
+
+    return run
+
+
+def compiled(pure):
+    def run(*args):
+        with torch.no_grad():
+            return pure(*args)
+
+    return run
+
+
+def train_subset(model) -> None:
+    """PyTorch's optimizers in Keras update any subset of the variables they were built over."""

@@ -1,0 +1,69 @@
+"""Each part trains the same model from the same weights to the same weights on every Keras backend installed.
+
+Each run is a process of its own (`backend_job.py`), since Keras picks its
+backend once, at import. TensorFlow is the reference; JAX and PyTorch are
+compared with it where they are installed.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from backend_job import PARTS, model
+
+JOB = os.path.join(os.path.dirname(__file__), "backend_job.py")
+OTHERS = [name for name in ("jax", "torch") if importlib.util.find_spec(name) is not None]
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("backends") / "start.npz"
+    classifier, _ = model()
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0.0, 0.3, w.shape).astype(w.dtype) for w in classifier.get_weights()]
+    for index, variable in enumerate(classifier.weights):
+        if "moving_variance" in variable.path:  # statistics a pretrained base could have
+            weights[index] = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
+    np.savez(path, **{f"w{index}": w for index, w in enumerate(weights)})
+    return str(path)
+
+
+def run_on(backends: list, part: str, start: str, directory) -> dict:
+    """The results of `part` on each backend, the runs side by side."""
+    runs = {}
+    for name in backends:
+        out = str(directory / f"{part}_{name}.npz")
+        environment = {**os.environ, "KERAS_BACKEND": name}
+        runs[name] = (out, subprocess.Popen([sys.executable, JOB, part, start, out], env=environment, stderr=subprocess.PIPE, text=True))
+    results = {}
+    for name, (out, process) in runs.items():
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{part} on {name}:\n{errors[-3000:]}"
+        with np.load(out) as stored:
+            results[name] = {key: stored[key] for key in stored.files}
+    return results
+
+
+@pytest.mark.skipif(not OTHERS, reason="neither JAX nor PyTorch is installed")
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_part_equals_tensorflow(part, start_weights, tmp_path):
+    results = run_on(["tensorflow", *OTHERS], part, start_weights, tmp_path)
+    reference = results["tensorflow"]
+    assert str(reference["backend"]) == "tensorflow"
+    with np.load(start_weights) as stored:
+        start = [stored[f"w{index}"] for index in range(len(stored.files))]
+    moved = [index for index, w in enumerate(start) if not np.allclose(reference[f"w{index}"], w)]
+    if part == "finder":  # the LR range test puts every weight back; its losses are what it gives
+        assert not moved and np.ptp(reference["losses"]) > 0.01
+    else:
+        assert moved, f"{part} changed no weight: the comparison would prove nothing"
+    for name in OTHERS:
+        other = results[name]
+        assert str(other["backend"]) == name
+        assert sorted(other) == sorted(reference)
+        for key in reference:
+            if key != "backend":
+                np.testing.assert_allclose(other[key], reference[key], rtol=2e-4, atol=2e-5, err_msg=f"{part}: {key} on {name}")
