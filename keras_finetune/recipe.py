@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import keras
 import tensorflow as tf
 
+from keras_finetune import backend
 from keras_finetune.callbacks import (
     EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, update_batchnorm,
 )
 from keras_finetune.callbacks.backup import resumed_epoch
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
-from keras_finetune.distribute import get_strategy
 from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
@@ -146,7 +147,9 @@ def _part(value, argument: str, build):
 
 
 def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[keras.Model, keras.Model]:
-    """`model` when its variables belong to `strategy`; else a copy made in its scope, weights included."""
+    """`model` when its variables belong to `strategy` (or there is none); else a copy made in its scope, weights included."""
+    if strategy is None:
+        return model, base_model
     extended = strategy.extended
     if all(extended.variable_created_in_scope(v.value) for v in model.variables):
         return model, base_model
@@ -335,7 +338,7 @@ def _unfreezing(base_model, unfreeze, frozen_epochs, epochs: int, learning_rate:
 
 
 def _compile(model, base_model, optimizer, learning_rate: float, layer_decay, label_smoothing: float, from_logits: bool, strategy) -> None:
-    with strategy.scope():
+    with contextlib.nullcontext() if strategy is None else strategy.scope():
         if layer_decay is not None:
             optimizer = layer_decay_optimizer(model, base_model, learning_rate, decay=layer_decay, optimizer=optimizer)
         elif isinstance(optimizer, str):
@@ -550,7 +553,7 @@ def fine_tune(
     unfreeze_lr_factor = check_positive(unfreeze_lr_factor, "unfreeze_lr_factor")
     _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose)
     _check_parts(swa, swa_lr, ema, layer_decay, label_smoothing, epochs, schedule, warmup_epochs, seed, callbacks)
-    strategy = strategy or get_strategy()
+    strategy = backend.strategy(strategy)
     model, base_model, classes = _classifier(model, num_classes, base_model, head, input_shape, strategy)
     from_logits = _from_logits(model, from_logits)
     untrained = []

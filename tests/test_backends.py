@@ -67,3 +67,26 @@ def test_part_equals_tensorflow(part, start_weights, tmp_path):
         for key in reference:
             if key != "backend":
                 np.testing.assert_allclose(other[key], reference[key], rtol=2e-4, atol=2e-5, err_msg=f"{part}: {key} on {name}")
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+def test_one_cycle_refuses_to_cycle_momentum_on_jax():
+    code = """
+import keras, numpy as np
+from keras_finetune.callbacks import OneCycle
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+model.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy")
+x, y = np.ones((8, 3), "float32"), np.zeros(8, "int32")
+history = model.fit(x, y, epochs=1, verbose=0, callbacks=[OneCycle(0.1, cycle_momentum="auto")])
+print("auto", model.optimizer.beta_1, "momentum" in history.history)
+try:
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[OneCycle(0.1, cycle_momentum=True)])
+except ValueError as error:
+    print("refused:", error)
+"""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "auto 0.9 False" in result.stdout
+    assert "refused: OneCycle cannot cycle the momentum on the jax backend" in result.stdout
+    assert "Received: cycle_momentum=True" in result.stdout

@@ -22,6 +22,9 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
 - `compiled(pure)`: a pure function of tensors, compiled for the backend;
 - `train_subset(model)`: let the model's optimizer, built over every variable
   that some phase trains, update those that train now;
+- `strategy(chosen)`: the `tf.distribute` strategy `fit` runs under on
+  TensorFlow (`chosen`, or the one the machine calls for); None elsewhere,
+  where `chosen` must be None;
 - `STEP_UPDATES_VARIABLES`: whether the train step assigns variables itself
   (so a callback may trace an update of its own into it).
 """
@@ -38,6 +41,7 @@ sync = _module.sync
 assigning = _module.assigning
 compiled = _module.compiled
 train_subset = _module.train_subset
+strategy = _module.strategy
 STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
 
-__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "sync", "train_subset"]
+__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "strategy", "sync", "train_subset"]

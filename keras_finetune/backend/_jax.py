@@ -64,3 +64,12 @@ def train_subset(model) -> None:
 
     # Past the optimizer's attribute tracking: a method of this instance, not state to save.
     object.__setattr__(optimizer, "stateless_apply", types.MethodType(stateless_apply, optimizer))
+
+
+def strategy(chosen):
+    """No `tf.distribute` strategy: one device."""
+    if chosen is not None:
+        raise ValueError(
+            f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
+            f"Leave `strategy` out there. Received: strategy={chosen!r}"
+        )

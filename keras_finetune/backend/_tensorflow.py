@@ -33,3 +33,10 @@ def compiled(pure):
 
 def train_subset(model) -> None:
     """TensorFlow's optimizers update any subset of the variables they were built over."""
+
+
+def strategy(chosen):
+    """The `tf.distribute` strategy to fit under: `chosen`, or the one this machine calls for."""
+    from keras_finetune.distribute import get_strategy
+
+    return chosen or get_strategy()

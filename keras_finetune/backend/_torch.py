@@ -2,6 +2,7 @@
 
 import contextlib
 
+import keras
 import torch
 
 STEP_UPDATES_VARIABLES = True
@@ -38,3 +39,12 @@ def compiled(pure):
 
 def train_subset(model) -> None:
     """PyTorch's optimizers in Keras update any subset of the variables they were built over."""
+
+
+def strategy(chosen):
+    """No `tf.distribute` strategy: one device."""
+    if chosen is not None:
+        raise ValueError(
+            f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
+            f"Leave `strategy` out there. Received: strategy={chosen!r}"
+        )
