@@ -22,6 +22,7 @@ from keras_finetune.callbacks import (  # noqa: E402
     EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing, StepLR, update_batchnorm,
 )
 from keras_finetune.heads import build_classifier  # noqa: E402
+from keras_finetune.models import Distiller  # noqa: E402
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(0.5, 1.0, (48, 8, 8, 1)).astype("float32")
@@ -81,9 +82,37 @@ def finder(classifier, base) -> dict:
     return {"rates": np.asarray(found.learning_rates), "losses": np.asarray(found.losses)}
 
 
+def distiller(classifier, base, cached: bool = False) -> dict:
+    """The student (a classifier of the same inputs) learns from `classifier`, frozen, as its teacher."""
+    student = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, name="s_conv"), keras.layers.BatchNormalization(name="s_bn"),
+         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, name="s_dense")],
+        name="student",
+    )
+    student.set_weights([np.random.default_rng(2).normal(0.0, 0.3, w.shape).astype("float32") for w in student.get_weights()])
+    student.get_layer("s_bn").moving_variance.assign(np.ones(3, "float32"))
+    trainer = Distiller(student, classifier)
+    trainer.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"], alpha=0.3, temperature=2.0,
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    if cached:  # the teacher's outputs computed once, carried by a tf.data pipeline
+        import tensorflow as tf
+
+        data = trainer.cache_teacher_outputs(tf.data.Dataset.from_tensor_slices((IMAGES, LABELS)).batch(BATCH))
+        history = trainer.fit(data, epochs=2, verbose=0)
+    else:
+        history = trainer.fit(IMAGES, LABELS, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(IMAGES[:16], LABELS[:16]))
+    # The teacher (the classifier) must come out unchanged; the student's weights are the result.
+    return {f"log_{name}": np.asarray(values, "float64") for name, values in history.history.items()} | {
+        f"student_{index}": np.asarray(w) for index, w in enumerate(student.get_weights())
+    }
+
+
 PARTS = {
     "unfreezing": unfreezing, "swa": swa, "ema": ema, "one_cycle": one_cycle, "schedules": schedules,
-    "batchnorm": batchnorm, "finder": finder,
+    "batchnorm": batchnorm, "finder": finder, "distiller": distiller,
+    "distiller_cached": lambda classifier, base: distiller(classifier, base, cached=True),
 }
 
 

@@ -58,6 +58,8 @@ def test_part_equals_tensorflow(part, start_weights, tmp_path):
     moved = [index for index, w in enumerate(start) if not np.allclose(reference[f"w{index}"], w)]
     if part == "finder":  # the LR range test puts every weight back; its losses are what it gives
         assert not moved and np.ptp(reference["losses"]) > 0.01
+    elif part.startswith("distiller"):  # the teacher is frozen; the student learns
+        assert not moved and np.ptp(reference["log_distillation_loss"]) > 0
     else:
         assert moved, f"{part} changed no weight: the comparison would prove nothing"
     for name in OTHERS:

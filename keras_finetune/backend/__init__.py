@@ -25,6 +25,10 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
 - `strategy(chosen)`: the `tf.distribute` strategy `fit` runs under on
   TensorFlow (`chosen`, or the one the machine calls for); None elsewhere,
   where `chosen` must be None;
+- `train_step(model, step, *args)`, `test_step(model, step, *args)`: a
+  model's custom steps from one function, `step(data, training) -> (loss,
+  logs)` written as stateful Keras code (forward pass, trackers, metrics);
+  `*args` is what `fit` hands a step: `(data,)`, or `(state, data)` on JAX;
 - `STEP_UPDATES_VARIABLES`: whether the train step assigns variables itself
   (so a callback may trace an update of its own into it).
 """
@@ -42,6 +46,8 @@ assigning = _module.assigning
 compiled = _module.compiled
 train_subset = _module.train_subset
 strategy = _module.strategy
+train_step = _module.train_step
+test_step = _module.test_step
 STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
 
-__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "strategy", "sync", "train_subset"]
+__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]

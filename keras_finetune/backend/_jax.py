@@ -73,3 +73,43 @@ def strategy(chosen):
             f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
             f"Leave `strategy` out there. Received: strategy={chosen!r}"
         )
+
+
+def _stateless(variables, values, run):
+    """`run()` with `variables` reading `values`; its result and the variables' values after it."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))) as stateless:
+        result = run()
+    return result, [stateless.get_current_value(v) for v in variables]
+
+
+def train_step(model, step, state, data):
+    """One optimizer step of `model` on the loss `step(data, training=True)` returns with its logs.
+
+    `step` is stateful Keras code (model calls, metric updates); it runs in
+    a stateless scope over `fit`'s state, as Keras's own JAX train step runs
+    the model, so its updates (BatchNorm statistics, seeds, metrics) come
+    back as new state.
+    """
+    trainable_values, non_trainable_values, optimizer_values, metrics_values = state
+    trainable, rest = model.trainable_variables, model.non_trainable_variables + model.metrics_variables
+
+    def loss_of(trainable_now, rest_values):
+        (loss, logs), values = _stateless(trainable + rest, list(trainable_now) + list(rest_values), lambda: step(data, True))
+        return model.optimizer.scale_loss(loss), (values[len(trainable) :], logs)
+
+    (_, (rest_values, logs)), gradients = jax.value_and_grad(loss_of, has_aux=True)(
+        trainable_values, list(non_trainable_values) + list(metrics_values)
+    )
+    trainable_values, optimizer_values = model.optimizer.stateless_apply(optimizer_values, gradients, trainable_values)
+    split = len(non_trainable_values)
+    return logs, (trainable_values, rest_values[:split], optimizer_values, rest_values[split:])
+
+
+def test_step(model, step, state, data):
+    trainable_values, non_trainable_values, metrics_values = state
+    variables = model.trainable_variables + model.non_trainable_variables + model.metrics_variables
+    (_, logs), values = _stateless(
+        variables, [*trainable_values, *non_trainable_values, *metrics_values], lambda: step(data, False)
+    )
+    first, split = len(trainable_values), len(trainable_values) + len(non_trainable_values)
+    return logs, (trainable_values, values[first:split], values[split:])

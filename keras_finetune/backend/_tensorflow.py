@@ -40,3 +40,18 @@ def strategy(chosen):
     from keras_finetune.distribute import get_strategy
 
     return chosen or get_strategy()
+
+
+def train_step(model, step, data):
+    """One optimizer step of `model` on the loss `step(data, training=True)` returns with its logs."""
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss, logs = step(data, True)
+        # Gradients are summed over replicas: each differentiates its share.
+        scaled = model.optimizer.scale_loss(loss / tf.distribute.get_strategy().num_replicas_in_sync)
+    model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+    return logs
+
+
+def test_step(model, step, data):
+    return step(data, False)[1]

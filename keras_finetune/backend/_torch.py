@@ -48,3 +48,19 @@ def strategy(chosen):
             f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
             f"Leave `strategy` out there. Received: strategy={chosen!r}"
         )
+
+
+def train_step(model, step, data):
+    """One optimizer step of `model` on the loss `step(data, training=True)` returns with its logs."""
+    variables = model.trainable_variables
+    model.zero_grad()
+    loss, logs = step(data, True)
+    model.optimizer.scale_loss(loss).backward()
+    with torch.no_grad():
+        model.optimizer.apply([v.value.grad for v in variables], variables)
+    return logs
+
+
+def test_step(model, step, data):
+    with torch.no_grad():
+        return step(data, False)[1]

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_finetune import backend
 from keras_finetune.validation import check_fraction, check_not_empty, check_positive, ends_in_softmax
 
 __all__ = ["Distiller"]
@@ -298,7 +299,7 @@ class Distiller(keras.Model):
     def _loss_terms(self, x, y, teacher_outputs, sample_weight, training: bool):
         if teacher_outputs is None:  # not cached: the teacher runs on this batch
             teacher_outputs = self.teacher_forward(x)
-        teacher_outputs = tf.nest.map_structure(ops.stop_gradient, teacher_outputs)
+        teacher_outputs = keras.tree.map_structure(ops.stop_gradient, teacher_outputs)
         predictions, student_outputs = self.student_forward(x, training=training)
         over_weights = getattr(self.student_loss_fn, "reduction", None) == "mean_with_sample_weight"
         if y is None and self.alpha > 0:
@@ -326,31 +327,26 @@ class Distiller(keras.Model):
         }
 
     def _track(self, x, losses) -> None:
-        batch_size = ops.shape(tf.nest.flatten(x)[0])[0]
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
         self.loss_tracker.update_state(losses["loss"], sample_weight=batch_size)
         self.student_loss_tracker.update_state(losses["student_loss"], sample_weight=batch_size)
         self.distillation_loss_tracker.update_state(
             losses["distillation_loss"], sample_weight=batch_size
         )
 
-    def train_step(self, data):
+    def _step(self, data, training: bool):
+        """The loss to differentiate and the logs of one batch; the trackers and metrics updated."""
         x, y, teacher_outputs, sample_weight = _unpack(data)
-        variables = self.trainable_variables  # the teacher's are not: it is frozen
-        with tf.GradientTape() as tape:
-            predictions, losses = self._loss_terms(x, y, teacher_outputs, sample_weight, training=True)
-            # Gradients are summed over replicas: each differentiates its share.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(losses["loss"] / replicas)
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        predictions, losses = self._loss_terms(x, y, teacher_outputs, sample_weight, training=training)
         self._track(x, losses)
-        return self.compute_metrics(x, y, predictions, sample_weight)
+        return losses["loss"], self.compute_metrics(x, y, predictions, sample_weight)
 
-    def test_step(self, data):
-        x, y, teacher_outputs, sample_weight = _unpack(data)
-        predictions, losses = self._loss_terms(x, y, teacher_outputs, sample_weight, training=False)
-        self._track(x, losses)
-        return self.compute_metrics(x, y, predictions, sample_weight)
+    # One step per backend (`fit` hands JAX's its state too): the student's variables train.
+    def train_step(self, *args):
+        return backend.train_step(self, self._step, *args)
+
+    def test_step(self, *args):
+        return backend.test_step(self, self._step, *args)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Keras's symbolic build unpacks a cached batch the usual way.
@@ -442,11 +438,11 @@ class Distiller(keras.Model):
                 "cache_teacher_outputs got a dataset that already carries teacher outputs. "
                 f"Received: element_spec={dataset.element_spec}"
             )
-        forward = tf.function(self.teacher_forward)
+        forward = backend.compiled(self.teacher_forward)
         batches = []
         for element in dataset:
             x, y, _, sample_weight = _unpack(element)
-            cached = {TEACHER_OUTPUTS: forward(x)}
+            cached = {TEACHER_OUTPUTS: forward(keras.tree.map_structure(ops.convert_to_tensor, x))}
             if sample_weight is not None:
                 cached["sample_weight"] = sample_weight
             batch = (x, cached) if y is None else (x, y, cached)
