@@ -14,10 +14,11 @@ from keras_finetune.callbacks import (
     EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, update_batchnorm,
 )
 from keras_finetune.callbacks.backup import resumed_epoch
-from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
+from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed
 from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.layers.data_layer import pipeline_seed_states
 from keras_finetune.optimizers import layer_decay_optimizer
 from keras_finetune.validation import (
     check_bool, check_count, check_epoch, check_fraction, check_not_empty, check_number, check_positive, class_ids,
@@ -243,7 +244,7 @@ def _training_batches(source, classes: int, channels: int, epochs: int, start: i
     mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, **options}))
     # Parallel calls would draw the random parameters in no fixed order.
     parallel = None if seed is not None else tf.data.AUTOTUNE
-    states = seed_states(*(part for part in (augment, mix) if isinstance(part, keras.layers.Layer)))
+    states = pipeline_seed_states(*(part for part in (augment, mix) if isinstance(part, keras.layers.Layer)))
 
     def randomised(batches: tf.data.Dataset) -> tf.data.Dataset:
         if augment is not None:

@@ -17,12 +17,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_finetune import lr_find  # noqa: E402
+from keras_finetune import fine_tune, lr_find, tta_predict  # noqa: E402
 from keras_finetune.callbacks import (  # noqa: E402
-    EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing, StepLR, update_batchnorm,
+    EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing, StepLR, StopMixing, update_batchnorm,
 )
 from keras_finetune.heads import build_classifier  # noqa: E402
-from keras_finetune.models import Distiller  # noqa: E402
+from keras_finetune.layers import CutMix, MixUp, MixUpOrCutMix, RandomResizedCrop, image_augmentation  # noqa: E402
+from keras_finetune.models import Distiller, MixingModel  # noqa: E402
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(0.5, 1.0, (48, 8, 8, 1)).astype("float32")
@@ -109,10 +110,115 @@ def distiller(classifier, base, cached: bool = False) -> dict:
     }
 
 
+def crop(classifier, base) -> dict:
+    """RandomResizedCrop: fixed boxes, inference mode, and its random draws mapped over a tf.data pipeline."""
+    import tensorflow as tf
+
+    images = RNG.uniform(0, 255, (4, 9, 7, 3)).astype("float32")
+    boxes = np.array([[0, 0, 9, 7], [1, 2, 5, 3], [3, 1, 1, 4], [2, 2, 6, 5]], "int32")
+    layer = RandomResizedCrop(5, 4, seed=3)
+    pipeline = tf.data.Dataset.from_tensor_slices(images).batch(2).map(lambda x: layer(x, training=True))
+    # First: on TensorFlow the pipeline draws from the layer's own generator, which the eager draw below advances.
+    piped = np.concatenate([np.asarray(batch) for batch in pipeline])
+    drawn = layer.get_random_transformation(images)["boxes"]
+    drawn = np.asarray(keras.ops.convert_to_numpy(drawn))
+    inside = (drawn[:, 0] >= 0) & (drawn[:, 1] >= 0) & (drawn[:, 0] + drawn[:, 2] <= 9) & (drawn[:, 1] + drawn[:, 3] <= 7)
+    in_model = keras.Sequential([keras.Input((9, 7, 3)), RandomResizedCrop(5, 4, seed=3)])
+    return {
+        "fixed": keras.ops.convert_to_numpy(layer.transform(images, boxes)),
+        "one_pixel": keras.ops.convert_to_numpy(RandomResizedCrop(1, 1).transform(images, boxes)),
+        "inference": keras.ops.convert_to_numpy(layer(images, training=False)),
+        "pipeline": piped,
+        "boxes_inside": inside.astype("float32"),
+        "in_model_shape": np.asarray(keras.ops.convert_to_numpy(in_model(images, training=True)).shape),
+    }
+
+
+def mixing(classifier, base) -> dict:
+    """The mixing layers: injected draws (exact), and the random draws mapped over a tf.data pipeline."""
+    import tensorflow as tf
+
+    images = RNG.uniform(0, 255, (6, 5, 4, 3)).astype("float32")
+    labels = np.array([0, 1, 2, 1, 0, 2], "int32")
+    permutation = np.array([3, 0, 5, 1, 2, 4], "int32")
+    one_hot = np.eye(3, dtype="float32")[labels]
+    mixup, cutmix = MixUp(num_classes=3, seed=4), CutMix(num_classes=3, seed=5)
+    boxes = np.array([[0, 0, 2, 2], [1, 1, 5, 4], [0, 0, 0, 0], [2, 1, 4, 3], [0, 2, 5, 4], [3, 0, 5, 1]], "int32")
+    lam = np.linspace(0.1, 0.9, 6).astype("float32")
+    both = MixUpOrCutMix(num_classes=3, label_smoothing=0.1, seed=6)
+    pipeline = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3).map(both)
+    piped = [np.concatenate([np.asarray(batch[index]) for batch in pipeline]) for index in (0, 1)]
+    stopped = MixUp(num_classes=3, seed=7)
+    stopped.enabled.assign(False)
+    mixed, smoothed = stopped(images, labels)
+    return {
+        "mixup": keras.ops.convert_to_numpy(mixup.transform(images, one_hot, {"lam": lam, "permutation": permutation})[0]),
+        "cutmix": keras.ops.convert_to_numpy(cutmix.transform(images, one_hot, {"boxes": boxes, "permutation": permutation})[0]),
+        "cutmix_labels": keras.ops.convert_to_numpy(cutmix.transform(images, one_hot, {"boxes": boxes, "permutation": permutation})[1]),
+        "pipeline_images": piped[0], "pipeline_labels": piped[1],
+        "stopped": keras.ops.convert_to_numpy(mixed), "stopped_labels": keras.ops.convert_to_numpy(smoothed),
+    }
+
+
+def mixing_model(classifier, base) -> dict:
+    """MixingModel with MixUp turned off (no random draw): training equals fitting the classifier on one-hot labels."""
+    layer = MixUp(num_classes=2, label_smoothing=0.2, seed=0)
+    trainer = MixingModel(classifier, layer)
+    trainer.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy", metrics=["accuracy"])
+    history = trainer.fit(
+        IMAGES, LABELS, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[StopMixing([layer], epoch=0)],
+        validation_data=(IMAGES[:16], LABELS[:16]),
+    )
+    # Mixing on, in a copy: the draws differ between backends, but each step must draw anew, its seed
+    # advancing in fit's state (on JAX too), as many times on every backend.
+    mixing_on = MixUp(num_classes=2, seed=0)
+    copy = MixingModel(keras.models.clone_model(classifier), mixing_on)
+    copy.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy")
+    copy.fit(IMAGES, LABELS, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    return {f"log_{name}": np.asarray(values, "float64") for name, values in history.history.items()} | {
+        "seed_state": keras.ops.convert_to_numpy(mixing_on.generator.state).astype("float64"),
+    }
+
+
+def recipe(classifier, base) -> dict:
+    """fine_tune with every part of its pipeline (augmentation, MixUp/CutMix) and SWA, seeded.
+
+    Pixels in [0, 1] keep the softmax off saturation: there TensorFlow's loss alone recovers the logits.
+    """
+    pixels = np.clip(IMAGES * 0.25 + 0.5, 0.0, 1.0)
+    history = fine_tune(
+        classifier, (pixels, LABELS), validation_data=(pixels[:16], LABELS[:16]), base_model=base, epochs=4,
+        batch_size=BATCH, learning_rate=0.01, freeze_batchnorm=True, seed=0, verbose=0,
+        augmentation={"value_range": (0, 1)},
+    )
+    return {f"log_{name}": np.asarray(values, "float64") for name, values in history.history.items()}
+
+
+def augmentation(classifier, base) -> dict:
+    """tta_predict (its views drawn in a tf.data map), and image_augmentation inside a model on the backend's ops."""
+    pixels = np.clip(IMAGES * 60.0 + 100.0, 0.0, 255.0)
+    views = tta_predict(classifier, pixels[:12] / 255.0, n=4, beta=0.25, seed=1, batch_size=5)
+    augment = image_augmentation(6, 6, rotation=10.0, hue=None, saturation=None, seed=2)
+    model = keras.Sequential([keras.Input((8, 8, 1)), augment, keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.set_weights([np.full(w.shape, 0.01, "float32") for w in model.get_weights()])
+    drawn = keras.ops.convert_to_numpy(augment(pixels[:8], training=True))
+    return {
+        "tta": views,
+        "inference": keras.ops.convert_to_numpy(model(pixels[:8], training=False)),
+        "drawn_shape": np.asarray(drawn.shape, "float64"),
+        "drawn_in_range": np.asarray([drawn.min() >= 0.0 and drawn.max() <= 255.0 and np.isfinite(drawn).all()], "float64"),
+    }
+
+
 PARTS = {
     "unfreezing": unfreezing, "swa": swa, "ema": ema, "one_cycle": one_cycle, "schedules": schedules,
     "batchnorm": batchnorm, "finder": finder, "distiller": distiller,
     "distiller_cached": lambda classifier, base: distiller(classifier, base, cached=True),
+    "crop": crop,
+    "mixing": mixing,
+    "mixing_model": mixing_model,
+    "fine_tune": recipe,
+    "augmentation": augmentation,
 }
 
 

@@ -29,6 +29,9 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
   model's custom steps from one function, `step(data, training) -> (loss,
   logs)` written as stateful Keras code (forward pass, trackers, metrics);
   `*args` is what `fit` hands a step: `(data,)`, or `(state, data)` on JAX;
+- `prepared_step(model, prepare, step, *args)`: Keras's own `step` on
+  `prepare(data)`, `prepare` stateful Keras code run before it (a random
+  layer, whose seeds must advance in `fit`'s state on JAX);
 - `STEP_UPDATES_VARIABLES`: whether the train step assigns variables itself
   (so a callback may trace an update of its own into it).
 """
@@ -48,6 +51,7 @@ train_subset = _module.train_subset
 strategy = _module.strategy
 train_step = _module.train_step
 test_step = _module.test_step
+prepared_step = _module.prepared_step
 STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
 
-__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]
+__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "prepared_step", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]

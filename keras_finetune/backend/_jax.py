@@ -113,3 +113,15 @@ def test_step(model, step, state, data):
     )
     first, split = len(trainable_values), len(trainable_values) + len(non_trainable_values)
     return logs, (trainable_values, values[first:split], values[split:])
+
+
+def prepared_step(model, prepare, step, state, data):
+    """Keras's own `step` of `model` on `prepare(data)`, `prepare` stateful Keras code (a random layer).
+
+    `prepare` runs in a stateless scope over the model's non-trainable state
+    (second in both the train and the test step's state), so the seeds it
+    draws from advance in the state `step` gets.
+    """
+    variables = model.non_trainable_variables
+    data, values = _stateless(variables, state[1], lambda: prepare(data))
+    return step((state[0], values, *state[2:]), data)

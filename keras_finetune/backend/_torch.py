@@ -64,3 +64,8 @@ def train_step(model, step, data):
 def test_step(model, step, data):
     with torch.no_grad():
         return step(data, False)[1]
+
+
+def prepared_step(model, prepare, step, data):
+    """Keras's own `step` of `model` on `prepare(data)`, `prepare` stateful Keras code (a random layer)."""
+    return step(prepare(data))

@@ -14,8 +14,8 @@ resumed there.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from keras_finetune.validation import is_int
 
@@ -41,12 +41,17 @@ def reseed(states: list, seed: int, epoch) -> None:
     """Set state `i` to `[seed + i, epoch * 2**20]`: distinct per layer, disjoint per epoch.
 
     `epoch` may be a tensor (inside a `tf.data` function), so the pipeline can
-    reseed its own layers in order with the batches it produces.
+    reseed its own layers in order with the batches it produces; their states
+    are TensorFlow variables then, whatever the backend
+    (`layers.data_layer.pipeline_seed_states`).
     """
     for index, state in enumerate(states):
-        counter = ops.reshape(ops.cast(epoch, state.dtype) * _DRAWS_PER_EPOCH, (1,))
-        first = ops.convert_to_tensor([(seed + index) % 2**32], dtype=state.dtype)
-        state.assign(ops.concatenate([first, counter]))
+        first = (seed + index) % 2**32
+        if is_int(epoch):
+            state.assign(np.array([first, epoch * _DRAWS_PER_EPOCH], keras.backend.standardize_dtype(state.dtype)))
+        else:
+            counter = tf.reshape(tf.cast(epoch, state.dtype) * _DRAWS_PER_EPOCH, (1,))
+            state.assign(tf.concat([tf.constant([first], dtype=state.dtype), counter], axis=0))
 
 
 def epoch_order(count: int, seed: int | None, epoch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_finetune import backend
 from keras_finetune.layers.mixing import _Mixing
 from keras_finetune.validation import check_epoch, epoch_of
 
@@ -66,8 +67,13 @@ class StopMixing(keras.callbacks.Callback):
         self._flags_before = [bool(layer.enabled.numpy()) for layer in self.layers]
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        changed = False
         for layer in self.layers:
+            changed |= bool(layer.enabled.numpy()) != (epoch < self._stop)
             layer.enabled.assign(epoch < self._stop)
+        if changed and not backend.STEP_UPDATES_VARIABLES:
+            # A compiled JAX step read the switch as a constant when traced (MixingModel): trace it again.
+            self.model.make_train_function(force=True)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if not self._checked:  # by now the pipeline's map and the training step have called their layers

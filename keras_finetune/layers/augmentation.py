@@ -1,4 +1,4 @@
-"""`image_augmentation`: the usual fine-tuning augmentation as one `keras.Sequential`.
+"""`image_augmentation`: the usual fine-tuning augmentation as one `keras.layers.Pipeline`.
 
 Built from Keras's own layers (flip, rotation, zoom, translation, brightness,
 contrast, saturation, hue) plus `RandomResizedCrop`, which Keras lacks. It is
@@ -9,8 +9,8 @@ adjustable and each one switched off by passing `None` (or 0).
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from keras_finetune.layers.data_layer import DataLayer
 from keras_finetune.layers.random_resized_crop import RandomResizedCrop
 from keras_finetune.validation import check_channel_axis, check_data_format, check_number, check_pair
 
@@ -25,7 +25,7 @@ def _check_amount(value, argument: str, high: float):
 
 
 @keras.saving.register_keras_serializable(package="keras_finetune")
-class PixelRange(keras.layers.Layer):
+class PixelRange(DataLayer):
     """Passes images through after asserting that their pixels lie in `value_range`.
 
     Keras's colour layers take the range on trust: images in [0, 1] given to
@@ -34,7 +34,11 @@ class PixelRange(keras.layers.Layer):
     pixel in (0, 1]) while the range reaches above 1, stops with an
     `InvalidArgumentError` that names `value_range`. A batch whose channels
     plainly sit on the other axis than `data_format` is refused as well (the
-    colour layers would mix rows instead of channels).
+    colour layers would mix rows instead of channels). The pixel check runs
+    wherever TensorFlow runs the layer: on the TensorFlow backend, and in a
+    `tf.data` pipeline on every backend. Inside a JAX or PyTorch model the
+    images pass unchecked: a check there would wait for the device on every
+    batch (PyTorch) or cannot see values at all (a compiled JAX step).
 
     Args:
         value_range: (min, max). The range the colour layers were given.
@@ -46,13 +50,14 @@ class PixelRange(keras.layers.Layer):
         super().__init__(**kwargs)
         self.value_range = check_pair(value_range, "value_range", strict=True)
         self.data_format = check_data_format(data_format)
-        self._convert_input_args = False  # images keep their dtype
-        self._allow_non_tensor_positional_args = True
         self.built = True
 
     def call(self, images):
-        images = tf.convert_to_tensor(images)
         check_channel_axis(images.shape, self.data_format, "image_augmentation")
+        if self.backend.name != "tensorflow":
+            return images
+        import tensorflow as tf
+
         pixels = tf.cast(images, "float32")
         low, high = self.value_range
         smallest, largest = tf.reduce_min(pixels), tf.reduce_max(pixels)
@@ -97,8 +102,8 @@ def image_augmentation(
     data_format: str | None = None,
     seed: int | None = None,
     name: str = "image_augmentation",
-) -> keras.Sequential:
-    """A `keras.Sequential` of augmentation layers for training images.
+) -> keras.layers.Pipeline:
+    """A `keras.layers.Pipeline` of augmentation layers for training images.
 
     In order: a `PixelRange` check of `value_range` (when a colour layer is
     on), `RandomResizedCrop(height, width, crop_scale, crop_ratio)` (only
@@ -144,12 +149,14 @@ def image_augmentation(
         data_format: str. `"channels_last"` or `"channels_first"`. Defaults
             to Keras's `image_data_format()`.
         seed: int. Base seed; layer `i` gets `seed + i`. Defaults to `None`.
-        name: str. Name of the Sequential. Defaults to
+        name: str. Name of the Pipeline. Defaults to
             `"image_augmentation"`.
 
     Returns:
-        A `keras.Sequential` of the parts switched on (an `Identity` layer
-        when none is).
+        A `keras.layers.Pipeline` of the parts switched on (an `Identity`
+        layer when none is): unlike a `keras.Sequential`, it stays in
+        TensorFlow inside a `tf.data` map on every backend, and its layers
+        compute with the backend's ops inside a model.
 
     Example:
 
@@ -204,5 +211,5 @@ def image_augmentation(
             parts.append(make(layer_seed(index)))
     if any(setting is not None for setting, _ in candidates[-4:]):  # the colour layers take value_range on trust
         parts.insert(0, PixelRange(value_range, **common))
-    # Keras cannot call an empty Sequential.
-    return keras.Sequential(parts or [keras.layers.Identity()], name=name)
+    # A Pipeline of no layer returns nothing.
+    return keras.layers.Pipeline(parts or [keras.layers.Identity()], name=name)

@@ -15,7 +15,9 @@ the label weight. The random draws (`get_random_transformation`) are apart
 from applying them (`transform`), so a test can inject λ, partners and boxes.
 
 `enabled` is a boolean variable the traced pipeline reads on every batch:
-`keras_finetune.callbacks.StopMixing` turns it off for the last epochs. Off,
+`keras_finetune.callbacks.StopMixing` turns it off for the last epochs (on
+JAX, a compiled train step reads it when traced, and StopMixing has the
+step traced again when it turns it off). Off,
 or at inference (`training=False`), images pass through untouched and labels
 come back one-hot (smoothed only in training).
 
@@ -29,9 +31,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_finetune.losses import smooth_labels
+from keras_finetune.layers.data_layer import DataLayer, traced
 from keras_finetune.validation import (
     check_channel_axis, check_data_format, check_fraction, check_positive, class_ids, is_int,
 )
@@ -50,10 +51,14 @@ def _check_num_classes(num_classes):
 
 
 def _is_float(dtype) -> bool:
-    return tf.as_dtype(dtype).is_floating
+    return "float" in str(dtype)
 
 
-class _Mixing(keras.layers.Layer):
+def _is_integer(dtype) -> bool:
+    return "int" in str(dtype)
+
+
+class _Mixing(DataLayer):
     """Input handling, label preparation, the on/off switch and config of the mixing layers."""
 
     # The dtype images of an integer type come back as; None keeps the type.
@@ -61,18 +66,22 @@ class _Mixing(keras.layers.Layer):
 
     def __init__(self, num_classes=None, label_smoothing=0.0, data_format=None, seed=None, **kwargs):
         super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        import tensorflow as tf
+
         self.num_classes = _check_num_classes(num_classes)
         self.label_smoothing = check_fraction(label_smoothing, "label_smoothing", below_one=True)
         self.data_format = check_data_format(data_format)
-        self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
+        # A TensorFlow variable on every backend: a pipeline's graph reads it on every batch. Not a weight.
         self.enabled = tf.Variable(True, trainable=False, name="mixing_enabled")
         # Set when a pipeline or a model first calls the layer (at trace time): StopMixing checks it.
         self.used = False
-        # Images keep their dtype (uint8, float16...): Keras would cast them to float32.
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True
         self.built = True
+
+    def _enabled(self):
+        """The switch as this call's ops read it: the variable in TensorFlow, its value elsewhere (read when traced)."""
+        return self.enabled if self.backend.name == "tensorflow" else bool(self.enabled.numpy())
 
     def call(self, images, labels=None, training=True):
         self.used = True
@@ -94,14 +103,16 @@ class _Mixing(keras.layers.Layer):
         labels = self._one_hot(labels)
         if training is False:
             return images, labels
-        labels = smooth_labels(labels, self.label_smoothing) if self.label_smoothing else labels
+        if self.label_smoothing:  # uniform smoothing, as losses.smooth_labels
+            labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / labels.shape[-1]
 
         # Off, the draws are the identity (λ = 1, empty boxes): a tf.cond here would cost
         # ~10% of the throughput in a tf.data map.
         transformation = self.get_random_transformation(images)
         mixed_images, mixed_labels = self.transform(images, labels, transformation)
-        mixed_images.set_shape(images.shape)
-        mixed_labels.set_shape(labels.shape)
+        if self.backend.name == "tensorflow":  # a cond may lose the static shape
+            mixed_images.set_shape(images.shape)
+            mixed_labels.set_shape(labels.shape)
         return mixed_images, mixed_labels
 
     def _refuse_images_alone(self):
@@ -115,12 +126,12 @@ class _Mixing(keras.layers.Layer):
         )
 
     def _check_inputs(self, images, labels):
-        images = tf.convert_to_tensor(images)
-        labels = tf.convert_to_tensor(labels)
-        if images.shape.rank != 4:
+        images = self.backend.convert_to_tensor(images)
+        labels = self.backend.convert_to_tensor(labels)
+        if len(images.shape) != 4:
             detail = (
                 " A single image cannot be mixed: batch the dataset before mapping this layer."
-                if images.shape.rank == 3
+                if len(images.shape) == 3
                 else ""
             )
             raise ValueError(
@@ -128,13 +139,15 @@ class _Mixing(keras.layers.Layer):
                 f"channels-first).{detail} Received: images of shape {tuple(images.shape)}"
             )
         check_channel_axis(images.shape, self.data_format, type(self).__name__)
-        batch, label_batch = images.shape[0], labels.shape[0] if labels.shape.rank else None
-        if labels.shape.rank == 0 or (batch is not None and label_batch is not None and batch != label_batch):
+        batch, label_batch = images.shape[0], labels.shape[0] if len(labels.shape) else None
+        if len(labels.shape) == 0 or (batch is not None and label_batch is not None and batch != label_batch):
             raise ValueError(
                 "`labels` must have the same batch size as `images`. "
                 f"Received: images of shape {tuple(images.shape)}, labels of shape {tuple(labels.shape)}"
             )
-        if batch is None or label_batch is None:  # known only when the graph runs
+        if batch is None or label_batch is None:  # known only when a TensorFlow graph runs
+            import tensorflow as tf
+
             same = tf.debugging.assert_equal(
                 tf.shape(images)[0], tf.shape(labels)[0], message="labels and images differ in batch size"
             )
@@ -145,29 +158,30 @@ class _Mixing(keras.layers.Layer):
     def _cast_images(self, images):
         if _is_float(images.dtype) or self._integer_images_become is None:
             return images
-        return tf.cast(images, self._integer_images_become)
+        return self.backend.cast(images, self._integer_images_become)
 
     def _one_hot(self, labels):
         """Integer ids (batch,) or (batch, 1) → float one-hot; float labels are taken as one-hot."""
-        if labels.dtype.is_integer:
+        labels = self.backend.convert_to_tensor(labels)
+        if _is_integer(labels.dtype):
             if self.num_classes is None:
                 raise ValueError(
                     f"Integer labels need `num_classes` to become one-hot. Pass "
                     f"{type(self).__name__}(num_classes=...). Received: num_classes=None"
                 )
-            if labels.shape.rank == 2 and labels.shape[-1] == 1:
+            if len(labels.shape) == 2 and labels.shape[-1] == 1:
                 labels = labels[:, 0]
-            if labels.shape.rank != 1:
+            if len(labels.shape) != 1:
                 raise ValueError(
                     "Integer labels must have shape (batch,) or (batch, 1). "
                     f"Received: labels of shape {tuple(labels.shape)}"
                 )
-            return tf.one_hot(class_ids(labels, self.num_classes), self.num_classes, dtype="float32")
-        if not labels.dtype.is_floating or labels.shape.rank != 2 or labels.shape[-1] == 1:
+            return self.backend.nn.one_hot(self._class_ids(labels), self.num_classes, dtype="float32")
+        if not _is_float(labels.dtype) or len(labels.shape) != 2 or labels.shape[-1] == 1:
             raise ValueError(
                 "`labels` must be integer class ids or float one-hot rows of shape "
                 "(batch, num_classes); one float column is class ids, to be passed as integers "
-                f"with `num_classes`. Received: labels of dtype {labels.dtype.name} "
+                f"with `num_classes`. Received: labels of dtype {keras.backend.standardize_dtype(labels.dtype)} "
                 f"and shape {tuple(labels.shape)}"
             )
         if self.num_classes is not None and labels.shape[-1] != self.num_classes:
@@ -177,14 +191,31 @@ class _Mixing(keras.layers.Layer):
             )
         return labels
 
+    def _class_ids(self, labels):
+        """Integer ids as int32, refused when out of [0, num_classes) (asserted in a graph, checked when concrete)."""
+        if self.backend.name == "tensorflow":
+            return class_ids(labels, self.num_classes)
+        if not traced(labels):
+            ids = np.asarray(keras.ops.convert_to_numpy(labels))
+            if ids.size and (ids.min() < 0 or ids.max() >= self.num_classes):
+                raise ValueError(
+                    f"class ids must be in [0, {self.num_classes}); ids 1..{self.num_classes} need `labels - 1`. "
+                    f"Received: labels from {ids.min()} to {ids.max()}"
+                )
+        return self.backend.cast(labels, "int32")
+
+    def _generator(self):
+        return self._get_seed_generator(self.backend.name)
+
     def _spatial_size(self, images):
-        shape = tf.shape(images)
+        shape = self.backend.core.shape(images)
         if self.data_format == "channels_first":
             return shape[0], shape[2], shape[3]
         return shape[0], shape[1], shape[2]
 
     def _permutation(self, batch_size):
-        return tf.argsort(keras.random.uniform((batch_size,), seed=self.generator))
+        ops = self.backend
+        return ops.cast(ops.numpy.argsort(ops.random.uniform((batch_size,), seed=self._generator())), "int32")
 
     def _beta(self, batch_size, alpha):
         """λ ~ Beta(α, α) as G1 / (G1 + G2), in log space: G ~ Gamma(α) is Gamma(α + 1)·U^(1/α).
@@ -193,11 +224,11 @@ class _Mixing(keras.layers.Layer):
         `keras.random.beta` then returns 0.5 for most samples, the opposite
         of what a small α means (λ near 0 or 1).
         """
-        shape = (2, batch_size)
-        log_gamma = tf.math.log(keras.random.gamma(shape, alpha + 1.0, seed=self.generator))
-        log_uniform = tf.math.log(keras.random.uniform(shape, minval=np.finfo("float32").tiny, seed=self.generator))
+        ops, shape = self.backend, (2, batch_size)
+        log_gamma = ops.numpy.log(ops.random.gamma(shape, alpha + 1.0, seed=self._generator()))
+        log_uniform = ops.numpy.log(ops.random.uniform(shape, minval=np.finfo("float32").tiny, seed=self._generator()))
         log_g = log_gamma + log_uniform / alpha
-        return tf.sigmoid(log_g[0] - log_g[1])
+        return ops.nn.sigmoid(log_g[0] - log_g[1])
 
     def compute_output_spec(self, images, labels=None, training=True):
         if isinstance(images, dict):
@@ -224,46 +255,47 @@ class _Mixing(keras.layers.Layer):
         return {**super().get_config(), **config}
 
 
-def _mix(values, lam, permutation):
+def _mix(ops, values, lam, permutation):
     """λ·x + (1−λ)·x[perm] along the batch: one gather and one multiply-add.
 
     Written this way (not x[perm] + λ·(x − x[perm])) it is about 1.4x faster in a
     tf.data map, and exact at λ = 1.
     """
-    values = tf.convert_to_tensor(values)
-    partners = tf.gather(values, permutation)
-    lam = tf.cast(tf.reshape(lam, (-1,) + (1,) * (values.shape.rank - 1)), values.dtype)
+    values, permutation = ops.convert_to_tensor(values), ops.convert_to_tensor(permutation)
+    partners = ops.numpy.take(values, permutation, axis=0)
+    lam = ops.cast(ops.numpy.reshape(lam, (-1,) + (1,) * (len(values.shape) - 1)), values.dtype)
     return lam * values + (1.0 - lam) * partners
 
 
-def _cut_boxes(generator, lam, height, width):
+def _cut_boxes(ops, generator, lam, height, width):
     """Boxes (y1, x1, y2, x2) of area ≈ (1−λ)·H·W around a uniform centre, clipped at the borders."""
-    batch_size = tf.shape(lam)[0]
-    cut = tf.sqrt(1.0 - tf.cast(lam, "float32"))
-    cut_h = tf.cast(cut * tf.cast(height, "float32"), "int32")
-    cut_w = tf.cast(cut * tf.cast(width, "float32"), "int32")
-    centre_y = keras.random.randint((batch_size,), 0, height, seed=generator, dtype="int32")
-    centre_x = keras.random.randint((batch_size,), 0, width, seed=generator, dtype="int32")
+    batch_size = ops.core.shape(lam)[0]
+    cut = ops.numpy.sqrt(1.0 - ops.cast(lam, "float32"))
+    cut_h = ops.cast(cut * ops.cast(height, "float32"), "int32")
+    cut_w = ops.cast(cut * ops.cast(width, "float32"), "int32")
+    centre_y = ops.random.randint((batch_size,), 0, height, seed=generator, dtype="int32")
+    centre_x = ops.random.randint((batch_size,), 0, width, seed=generator, dtype="int32")
     y1 = centre_y - cut_h // 2
     x1 = centre_x - cut_w // 2
-    return tf.stack(
+    return ops.numpy.stack(
         [
-            tf.clip_by_value(y1, 0, height),
-            tf.clip_by_value(x1, 0, width),
-            tf.clip_by_value(y1 + cut_h, 0, height),
-            tf.clip_by_value(x1 + cut_w, 0, width),
+            ops.numpy.clip(y1, 0, height),
+            ops.numpy.clip(x1, 0, width),
+            ops.numpy.clip(y1 + cut_h, 0, height),
+            ops.numpy.clip(x1 + cut_w, 0, width),
         ],
         axis=1,
     )
 
 
-def _box_lam(boxes, height, width):
+def _box_lam(ops, boxes, height, width):
     """The share of each image left outside its box: the area-corrected label weight."""
-    area = tf.cast((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), "float32")
-    return 1.0 - area / tf.cast(height * width, "float32")
+    boxes = ops.convert_to_tensor(boxes)
+    area = ops.cast((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), "float32")
+    return 1.0 - area / ops.cast(height * width, "float32")
 
 
-def _cut_images(images, boxes, permutation, data_format):
+def _cut_images(ops, images, boxes, permutation, data_format):
     """Paste each partner's box into the image with one gather and one select, any dtype.
 
     The select runs on a (batch, rows, columns·channels) view, or
@@ -271,24 +303,25 @@ def _cut_images(images, boxes, permutation, data_format):
     broadcasts over a leading axis: a mask broadcast over the channels axis
     made the select 2x slower.
     """
-    shape = tf.shape(images)
+    boxes, permutation = ops.convert_to_tensor(boxes), ops.convert_to_tensor(permutation)
+    shape = ops.core.shape(images)
     if data_format == "channels_first":
         height, width, channels = shape[2], shape[3], shape[1]
     else:
         height, width, channels = shape[1], shape[2], shape[3]
-    rows = tf.range(height)[None, :]
-    cols = tf.range(width)[None, :]
+    rows = ops.numpy.arange(height, dtype="int32")[None, :]
+    cols = ops.numpy.arange(width, dtype="int32")[None, :]
     in_rows = (rows >= boxes[:, 0:1]) & (rows < boxes[:, 2:3])  # (batch, height)
     in_cols = (cols >= boxes[:, 1:2]) & (cols < boxes[:, 3:4])  # (batch, width)
     if data_format == "channels_first":
-        mask = tf.reshape(in_rows[:, :, None] & in_cols[:, None, :], (-1, 1, height * width))
+        mask = ops.numpy.reshape(in_rows[:, :, None] & in_cols[:, None, :], (-1, 1, height * width))
         view = (shape[0], channels, height * width)
     else:
-        in_cols = tf.reshape(tf.repeat(in_cols, channels, axis=1), (-1, 1, width * channels))
+        in_cols = ops.numpy.reshape(ops.numpy.repeat(in_cols, channels, axis=1), (-1, 1, width * channels))
         mask = in_rows[:, :, None] & in_cols
         view = (shape[0], height, width * channels)
-    partners = tf.reshape(tf.gather(images, permutation), view)
-    return tf.reshape(tf.where(mask, partners, tf.reshape(images, view)), shape)
+    partners = ops.numpy.reshape(ops.numpy.take(images, permutation, axis=0), view)
+    return ops.numpy.reshape(ops.numpy.where(mask, partners, ops.numpy.reshape(images, view)), shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_finetune")
@@ -334,14 +367,14 @@ class MixUp(_Mixing):
 
     def get_random_transformation(self, images):
         """Draw `{"lam": (batch,), "permutation": (batch,)}`; λ = 1 while `enabled` is off."""
-        batch_size = tf.shape(images)[0]
-        lam = tf.where(self.enabled, self._beta(batch_size, self.alpha), 1.0)
+        batch_size = self.backend.core.shape(images)[0]
+        lam = self.backend.numpy.where(self._enabled(), self._beta(batch_size, self.alpha), 1.0)
         return {"lam": lam, "permutation": self._permutation(batch_size)}
 
     def transform(self, images, labels, transformation):
         """Mix float images and one-hot labels with the given λ and permutation."""
         lam, permutation = transformation["lam"], transformation["permutation"]
-        return _mix(images, lam, permutation), _mix(labels, lam, permutation)
+        return _mix(self.backend, images, lam, permutation), _mix(self.backend, labels, lam, permutation)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
@@ -396,9 +429,9 @@ class CutMix(_Mixing):
         """
         batch_size, height, width = self._spatial_size(images)
         lam = self._beta(batch_size, self.alpha)
-        boxes = _cut_boxes(self.generator, lam, height, width)
+        boxes = _cut_boxes(self.backend, self._generator(), lam, height, width)
         return {
-            "boxes": tf.where(self.enabled, boxes, tf.zeros_like(boxes)),
+            "boxes": self.backend.numpy.where(self._enabled(), boxes, self.backend.numpy.zeros_like(boxes)),
             "permutation": self._permutation(batch_size),
         }
 
@@ -406,8 +439,9 @@ class CutMix(_Mixing):
         """Paste the given boxes from the permuted batch; weight labels by the area kept."""
         boxes, permutation = transformation["boxes"], transformation["permutation"]
         _, height, width = self._spatial_size(images)
-        lam = _box_lam(boxes, height, width)
-        return _cut_images(images, boxes, permutation, self.data_format), _mix(labels, lam, permutation)
+        ops = self.backend
+        lam = _box_lam(ops, boxes, height, width)
+        return _cut_images(ops, images, boxes, permutation, self.data_format), _mix(ops, labels, lam, permutation)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
@@ -472,36 +506,37 @@ class MixUpOrCutMix(_Mixing):
         `mix` is False while `enabled` is off.
         """
         batch_size, height, width = self._spatial_size(images)
-        coins = keras.random.uniform((2,), seed=self.generator)
+        ops = self.backend
+        coins = ops.random.uniform((2,), seed=self._generator())
         use_cutmix = coins[1] < self.switch_prob
-        lam = tf.where(
+        lam = ops.numpy.where(
             use_cutmix, self._beta(batch_size, self.cutmix_alpha), self._beta(batch_size, self.mixup_alpha)
         )
         return {
-            "mix": (coins[0] < self.prob) & self.enabled,
+            "mix": ops.numpy.logical_and(coins[0] < self.prob, self._enabled()),
             "use_cutmix": use_cutmix,
             "lam": lam,
-            "boxes": _cut_boxes(self.generator, lam, height, width),
+            "boxes": _cut_boxes(ops, self._generator(), lam, height, width),
             "permutation": self._permutation(batch_size),
         }
 
     def transform(self, images, labels, transformation):
         """Apply MixUp (with `lam`), CutMix (with `boxes`) or nothing, as the flags say."""
-        permutation = transformation["permutation"]
+        ops, permutation = self.backend, transformation["permutation"]
         _, height, width = self._spatial_size(images)
 
         def cutmix():
             boxes = transformation["boxes"]
-            lam = _box_lam(boxes, height, width)
-            return _cut_images(images, boxes, permutation, self.data_format), _mix(labels, lam, permutation)
+            lam = _box_lam(ops, boxes, height, width)
+            return _cut_images(ops, images, boxes, permutation, self.data_format), _mix(ops, labels, lam, permutation)
 
         def mixup():
             lam = transformation["lam"]
-            return _mix(images, lam, permutation), _mix(labels, lam, permutation)
+            return _mix(ops, images, lam, permutation), _mix(ops, labels, lam, permutation)
 
-        return tf.cond(
+        return ops.core.cond(
             transformation["mix"],
-            lambda: tf.cond(transformation["use_cutmix"], cutmix, mixup),
+            lambda: ops.core.cond(transformation["use_cutmix"], cutmix, mixup),
             lambda: (images, labels),
         )
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
 
+from keras_finetune.layers.data_layer import DataLayer
 from keras_finetune.validation import check_channel_axis, check_count, check_data_format, check_pair
 
 __all__ = ["RandomResizedCrop"]
@@ -21,22 +21,32 @@ __all__ = ["RandomResizedCrop"]
 _ATTEMPTS = 10
 
 
-def _centre_box(height, width, ratio_min, ratio_max):
+def _centre_box(ops, height, width, ratio_min, ratio_max):
     """The largest centred box whose aspect ratio w/h lies in [ratio_min, ratio_max]."""
-    height_f, width_f = tf.cast(height, "float32"), tf.cast(width, "float32")
+    height_f, width_f = ops.cast(height, "float32"), ops.cast(width, "float32")
     image_ratio = width_f / height_f
-    box_w = tf.where(
-        image_ratio > ratio_max, tf.round(height_f * ratio_max), width_f
-    )
-    box_h = tf.where(
-        image_ratio < ratio_min, tf.round(width_f / ratio_min), height_f
-    )
-    box_h, box_w = tf.cast(box_h, "int32"), tf.cast(box_w, "int32")
+    box_w = ops.numpy.where(image_ratio > ratio_max, ops.numpy.round(height_f * ratio_max), width_f)
+    box_h = ops.numpy.where(image_ratio < ratio_min, ops.numpy.round(width_f / ratio_min), height_f)
+    box_h, box_w = ops.cast(box_h, "int32"), ops.cast(box_w, "int32")
     return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
 
 
+def _interpolation(ops, start, size, steps: int, limit):
+    """(batch, steps, limit) bilinear weights of `steps` samples spread over [start, start + size - 1]."""
+    start, size = ops.cast(start, "float32"), ops.cast(size, "float32")
+    if steps > 1:
+        where = start[:, None] + ops.numpy.arange(steps, dtype="float32")[None, :] * ((size - 1.0) / (steps - 1))[:, None]
+    else:  # crop_and_resize samples a one-pixel side at the box's centre
+        where = (start + (size - 1.0) / 2.0)[:, None]
+    low = ops.numpy.floor(where)
+    weight = (where - low)[..., None]
+    low = ops.cast(low, "int32")
+    high = ops.numpy.minimum(low + 1, limit - 1)
+    return (1.0 - weight) * ops.nn.one_hot(low, limit) + weight * ops.nn.one_hot(high, limit)
+
+
 @keras.saving.register_keras_serializable(package="keras_finetune")
-class RandomResizedCrop(keras.layers.Layer):
+class RandomResizedCrop(DataLayer):
     """Crop a box of random area and aspect ratio from each image and resize it.
 
     For each image, up to 10 candidate boxes are drawn at once: area
@@ -44,7 +54,9 @@ class RandomResizedCrop(keras.layers.Layer):
     fits inside the image is taken, at a uniform position. When none fits
     (a very elongated image), the largest centred box with an allowed aspect
     ratio is used, as torchvision does. All boxes go through a single
-    `tf.image.crop_and_resize` (bilinear). At inference (`training=False`)
+    `tf.image.crop_and_resize` (bilinear) in a `tf.data` pipeline and on
+    TensorFlow, or the same bilinear sampling as two small matrix products
+    per image on JAX and PyTorch. At inference (`training=False`)
     the image is centre-cropped to the output's aspect ratio and resized, so
     an image already of the output size comes back unchanged.
 
@@ -86,15 +98,13 @@ class RandomResizedCrop(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
         self.height = check_count(height, "height", 1)
         self.width = check_count(width, "width", 1)
         self.scale = check_pair(scale, "scale", 0.0, 1.0, open_low=True)
         self.ratio = check_pair(ratio, "ratio", 0.0, open_low=True)
         self.data_format = check_data_format(data_format)
-        self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True
         self.built = True
 
     def call(self, images, training=True):
@@ -102,8 +112,9 @@ class RandomResizedCrop(keras.layers.Layer):
             data = dict(images)
             data["images"] = self.call(data["images"], training=training)
             return data
-        images = tf.convert_to_tensor(images)
-        rank = images.shape.rank
+        ops = self.backend
+        images = ops.convert_to_tensor(images)
+        rank = len(images.shape)
         if rank not in (3, 4):
             raise ValueError(
                 f"`images` must have rank 3 (one image) or 4 (a batch). "
@@ -112,53 +123,66 @@ class RandomResizedCrop(keras.layers.Layer):
         batch = images if rank == 4 else images[None]
         check_channel_axis(batch.shape, self.data_format, "RandomResizedCrop")
         if self.data_format == "channels_first":
-            batch = tf.transpose(batch, (0, 2, 3, 1))
+            batch = ops.numpy.transpose(batch, (0, 2, 3, 1))
         if training is False:
             boxes = self._inference_boxes(batch)
         else:
             boxes = self.get_random_transformation(batch)["boxes"]
         output = self.transform(batch, boxes)
         if self.data_format == "channels_first":
-            output = tf.transpose(output, (0, 3, 1, 2))
+            output = ops.numpy.transpose(output, (0, 3, 1, 2))
         return output if rank == 4 else output[0]
 
     def get_random_transformation(self, images):
         """Draw `{"boxes": (batch, 4) int32 y, x, h, w}` for channels-last `images`."""
-        shape = tf.shape(images)
-        batch_size, height, width = shape[0], shape[1], shape[2]
-        height_f, width_f = tf.cast(height, "float32"), tf.cast(width, "float32")
+        ops = self.backend
+        generator = self._get_seed_generator(ops.name)
+        batch_size, height, width = ops.core.shape(images)[:3]
+        height_f, width_f = ops.cast(height, "float32"), ops.cast(width, "float32")
         draws = (batch_size, _ATTEMPTS)
-        area = keras.random.uniform(draws, *self.scale, seed=self.generator) * height_f * width_f
-        log_ratio = keras.random.uniform(
-            draws, math.log(self.ratio[0]), math.log(self.ratio[1]), seed=self.generator
-        )
-        aspect = tf.exp(log_ratio)
-        box_w = tf.cast(tf.round(tf.sqrt(area * aspect)), "int32")
-        box_h = tf.cast(tf.round(tf.sqrt(area / aspect)), "int32")
+        area = ops.random.uniform(draws, *self.scale, seed=generator) * height_f * width_f
+        log_ratio = ops.random.uniform(draws, math.log(self.ratio[0]), math.log(self.ratio[1]), seed=generator)
+        aspect = ops.numpy.exp(log_ratio)
+        box_w = ops.cast(ops.numpy.round(ops.numpy.sqrt(area * aspect)), "int32")
+        box_h = ops.cast(ops.numpy.round(ops.numpy.sqrt(area / aspect)), "int32")
         fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
-        first = tf.argmax(tf.cast(fits, "int32"), axis=1, output_type="int32")
-        box_h = tf.gather(box_h, first, batch_dims=1)
-        box_w = tf.gather(box_w, first, batch_dims=1)
-        offsets = keras.random.uniform((batch_size, 2), seed=self.generator)
-        y = tf.cast(offsets[:, 0] * tf.cast(height - box_h + 1, "float32"), "int32")
-        x = tf.cast(offsets[:, 1] * tf.cast(width - box_w + 1, "float32"), "int32")
+        first = ops.numpy.argmax(ops.cast(fits, "int32"), axis=1)[:, None]
+        box_h = ops.numpy.take_along_axis(box_h, first, axis=1)[:, 0]
+        box_w = ops.numpy.take_along_axis(box_w, first, axis=1)[:, 0]
+        offsets = ops.random.uniform((batch_size, 2), seed=generator)
+        y = ops.cast(offsets[:, 0] * ops.cast(height - box_h + 1, "float32"), "int32")
+        x = ops.cast(offsets[:, 1] * ops.cast(width - box_w + 1, "float32"), "int32")
         # A uniform draw can reach 1.0 after rounding to float32; keep the box inside.
-        y, x = tf.minimum(y, height - box_h), tf.minimum(x, width - box_w)
-        centre = _centre_box(height, width, *self.ratio)
-        found = tf.reduce_any(fits, axis=1)
-        boxes = tf.stack([y, x, box_h, box_w], axis=1)
-        fallback = tf.broadcast_to(tf.stack(centre), tf.shape(boxes))
-        return {"boxes": tf.where(found[:, None], boxes, fallback)}
+        y, x = ops.numpy.minimum(y, height - box_h), ops.numpy.minimum(x, width - box_w)
+        centre = ops.numpy.stack(_centre_box(ops, height, width, *self.ratio))
+        found = ops.numpy.any(fits, axis=1)
+        boxes = ops.numpy.stack([y, x, box_h, box_w], axis=1)
+        return {"boxes": ops.numpy.where(found[:, None], boxes, centre[None, :])}
 
     def _inference_boxes(self, images):
-        shape = tf.shape(images)
+        ops = self.backend
+        batch_size, height, width = ops.core.shape(images)[:3]
         target_ratio = self.width / self.height
-        centre = tf.stack(_centre_box(shape[1], shape[2], target_ratio, target_ratio))
-        return tf.broadcast_to(centre, (shape[0], 4))
+        centre = ops.numpy.stack(_centre_box(ops, height, width, target_ratio, target_ratio))
+        return ops.numpy.broadcast_to(centre[None, :], (batch_size, 4))
 
     def transform(self, images, boxes):
         """Crop channels-last `images` to integer `boxes` (y, x, h, w) and resize, in one call."""
-        images = tf.convert_to_tensor(images)
+        ops = self.backend
+        images = ops.convert_to_tensor(images)
+        floating = "float" in str(images.dtype)
+        if ops.name == "tensorflow":
+            output = self._crop_and_resize(images, boxes)
+        else:  # bilinear sampling as (batch, out_h, h) · image · (batch, w, out_w), per channel
+            _, height, width, _ = ops.core.shape(images)
+            rows = _interpolation(ops, boxes[:, 0], boxes[:, 2], self.height, height)
+            cols = _interpolation(ops, boxes[:, 1], boxes[:, 3], self.width, width)
+            output = ops.numpy.einsum("boh,bhwc,bpw->bopc", rows, ops.cast(images, "float32"), cols)
+        return ops.cast(output, images.dtype) if floating else output
+
+    def _crop_and_resize(self, images, boxes):
+        import tensorflow as tf
+
         shape = tf.shape(images)
         span_h = tf.cast(tf.maximum(shape[1] - 1, 1), "float32")
         span_w = tf.cast(tf.maximum(shape[2] - 1, 1), "float32")
@@ -173,10 +197,7 @@ class RandomResizedCrop(keras.layers.Layer):
             ],
             axis=1,
         )
-        output = tf.image.crop_and_resize(
-            images, normalised, tf.range(shape[0]), (self.height, self.width)
-        )
-        return tf.cast(output, images.dtype) if images.dtype.is_floating else output
+        return tf.image.crop_and_resize(images, normalised, tf.range(shape[0]), (self.height, self.width))
 
     def compute_output_shape(self, input_shape):
         input_shape = list(input_shape)
@@ -189,7 +210,7 @@ class RandomResizedCrop(keras.layers.Layer):
     def compute_output_spec(self, images, training=True):
         if isinstance(images, dict):
             return super().compute_output_spec(images, training=training)
-        dtype = images.dtype if tf.as_dtype(images.dtype).is_floating else "float32"
+        dtype = images.dtype if "float" in str(images.dtype) else "float32"
         return keras.KerasTensor(self.compute_output_shape(images.shape), dtype=dtype)
 
     def get_config(self):

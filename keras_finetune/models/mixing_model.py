@@ -11,8 +11,8 @@ mixing, no smoothing), so the compiled loss sees the same label form; and
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from keras_finetune import backend
 from keras_finetune.layers.mixing import _Mixing
 
 __all__ = ["MixingModel"]
@@ -80,9 +80,9 @@ class MixingModel(keras.Model):
         # Under a strategy Keras builds the compiled loss and metrics from a raw batch
         # (averaged over replicas, so class ids may arrive as floats) before any
         # train_step: class ids must become one-hot rows there too.
-        if y is None or (tf.as_dtype(y.dtype).is_floating and len(y.shape) != 1):
+        if y is None or ("float" in str(y.dtype) and len(y.shape) != 1):
             return y
-        return self.mixing._one_hot(tf.cast(y, "int32"))
+        return self.mixing._one_hot(keras.ops.cast(y, "int32"))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
         return super().compute_loss(x, self._targets(y), y_pred, sample_weight, **kwargs)
@@ -90,11 +90,12 @@ class MixingModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, self._targets(y), y_pred, sample_weight)
 
-    def train_step(self, data):
-        return super().train_step(self._with_labels(data, training=True))
+    # Keras's own steps on the mixed batch; `fit` hands JAX's its state too.
+    def train_step(self, *args):
+        return backend.prepared_step(self, lambda data: self._with_labels(data, training=True), super().train_step, *args)
 
-    def test_step(self, data):
-        return super().test_step(self._with_labels(data, training=False))
+    def test_step(self, *args):
+        return backend.prepared_step(self, lambda data: self._with_labels(data, training=False), super().test_step, *args)
 
     def get_config(self):
         return {
