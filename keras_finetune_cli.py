@@ -1,7 +1,8 @@
 """The `keras-finetune` console script: TensorFlow's start-up lines silenced, then `keras_finetune.cli.main`.
 
-`import keras_finetune` registers the package's Keras classes, so it imports
-Keras and TensorFlow, and TensorFlow's C++ libraries write their start-up
+Every command reads images with `tf.data`, so the launcher imports
+TensorFlow (and `keras_finetune`, which imports Keras to register the
+package's Keras classes), and TensorFlow's C++ libraries write their start-up
 lines (absl's preamble, oneDNN, CUDA stubs, CPU features) straight to the
 process's stderr as they load, before any logging setting can reach them.
 This module sits outside the package so that it runs before that import:
@@ -10,6 +11,7 @@ descriptor 2 while the package loads, then passes on every line that is not
 start-up noise.
 """
 
+import importlib
 import os
 import re
 import sys
@@ -29,6 +31,12 @@ def main() -> int:
         os.dup2(captured.fileno(), 2)
         try:
             from keras_finetune import cli
+
+            importlib.import_module("tensorflow")  # every command reads images with tf.data; its start-up lines go here too
+        except ModuleNotFoundError as error:
+            if error.name != "tensorflow":
+                raise
+            cli = None
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -37,6 +45,13 @@ def main() -> int:
         for line in captured.read().decode(errors="replace").splitlines(keepends=True):
             if not _NOISE.match(line):
                 sys.stderr.write(line)
+    if cli is None:
+        sys.stderr.write(
+            "keras-finetune: the command reads image folders with tf.data and needs TensorFlow, which is not "
+            "installed (it is optional on the JAX and PyTorch backends). Install it: pip install "
+            "\"keras-finetune[tensorflow]\" (or tensorflow-cpu), and keep KERAS_BACKEND as you like.\n"
+        )
+        return 1
     return cli.main()
 
 

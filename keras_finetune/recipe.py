@@ -149,10 +149,7 @@ def _part(value, argument: str, build):
 
 def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[keras.Model, keras.Model]:
     """`model` when its variables belong to `strategy` (or there is none); else a copy made in its scope, weights included."""
-    if strategy is None:
-        return model, base_model
-    extended = strategy.extended
-    if all(extended.variable_created_in_scope(v.value) for v in model.variables):
+    if strategy is None or backend.made_in(model, strategy):
         return model, base_model
     with strategy.scope():
         copy = keras.models.clone_model(model)
@@ -312,7 +309,7 @@ def _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose) -
         raise TypeError(f"`optimizer` must be a name or a keras.optimizers.Optimizer. Received: optimizer={optimizer!r}")
     kinds = (
         ("head", head, dict, "a dict of build_classifier options"),
-        ("strategy", strategy, tf.distribute.Strategy, "a tf.distribute.Strategy"),
+        ("strategy", strategy, (tf.distribute.Strategy, keras.distribution.DataParallel, keras.distribution.ModelParallel), "a tf.distribute.Strategy or a keras.distribution"),
         ("backup_dir", backup_dir, (str, os.PathLike), "a folder's path"),
     )
     for argument, value, kind, described in kinds:
@@ -405,7 +402,7 @@ def fine_tune(
     batch_size: int = 32,
     from_logits: bool | None = None,
     input_shape: tuple | None = None,
-    strategy: tf.distribute.Strategy | None = None,
+    strategy=None,
     callbacks: list | None = None,
     seed: int | None = None,
     backup_dir: str | None = None,
@@ -517,7 +514,11 @@ def fine_tune(
         input_shape: tuple. The base's input shape without the batch axis,
             for the head, when the base has none (a subclassed model never
             called). Defaults to `None`.
-        strategy: a `tf.distribute.Strategy`. Defaults to `get_strategy()`.
+        strategy: what `fit` distributes over: on TensorFlow a
+            `tf.distribute.Strategy` (default `distribute.get_strategy()`), on
+            JAX a `keras.distribution` (default `DataParallel` over every
+            device when there are several); None on PyTorch. The choice is
+            logged.
         callbacks: list. More callbacks, run after the recipe's own (so a
             `CSVLogger` sees the logs they add). Defaults to `None`.
         seed: int. Seed of the shuffle, augmentation and mixing draws; with
@@ -574,15 +575,16 @@ def fine_tune(
     recipe = [unfreezing, *_recipe_callbacks(seed, rate_schedule, swa, swa_lr, ema, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
-    history = model.fit(
-        train.prefetch(tf.data.AUTOTUNE),
-        validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
-        epochs=epochs,
-        steps_per_epoch=steps,
-        shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
-        callbacks=recipe + list(callbacks or []) + backup,  # the backup last, once every log is written
-        verbose=verbose,
-    )
+    with backend.fitting(strategy):
+        history = model.fit(
+            train.prefetch(tf.data.AUTOTUNE),
+            validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
+            epochs=epochs,
+            steps_per_epoch=steps,
+            shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
+            callbacks=recipe + list(callbacks or []) + backup,  # the backup last, once every log is written
+            verbose=verbose,
+        )
     trained = [layer for layer in untrained if layer.trainable]
     if trained and swa is None and ema is None:  # SWA's and EMA's pass does this: statistics of the final weights, not lagging averages
         update_batchnorm(model, bn_data, layers=trained)

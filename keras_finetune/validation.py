@@ -7,16 +7,20 @@ be finite, booleans real booleans (the string "False" is true in Python),
 ranges ordered. Class ids are checked where labels enter a graph
 (`class_ids`), with asserts that cost nothing measurable (see
 benchmarks/RESULTS.md). XLA drops asserts: inside a model compiled with
-`jit_compile=True` the label checks of the losses do not run.
+`jit_compile=True` the label checks of the losses do not run, nor inside a
+compiled JAX step, which cannot see values.
+
+Nothing here imports TensorFlow: data that is a `tf.data.Dataset` or a
+TensorFlow tensor comes from a program that imported it already.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 DATA_FORMATS = ("channels_last", "channels_first")
 # The channel counts of images: grey, grey with alpha, RGB, RGBA.
@@ -140,10 +144,10 @@ def check_not_empty(data, argument: str) -> None:
 
     Keras would run the epoch without a step and return a History without a loss.
     """
-    if isinstance(data, tf.data.Dataset):
+    if is_dataset(data):
         empty = int(data.cardinality()) == 0
     else:
-        first = tf.nest.flatten(data)[0] if data is not None else None
+        first = keras.tree.flatten(data)[0] if data is not None else None
         empty = getattr(first, "shape", None) is not None and len(first.shape) > 0 and first.shape[0] == 0
     if empty:
         raise ValueError(f"`{argument}` holds no sample: there is nothing to train or evaluate on. Received: {argument}={data!r}")
@@ -186,13 +190,48 @@ def ends_in_softmax(model) -> bool:
     return output_activation(model) == "softmax"
 
 
+def is_dataset(data) -> bool:
+    """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow: a dataset means it is imported)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
+def traced(tensor) -> bool:
+    """Whether `tensor` is a JAX tracer: a value of a function being compiled, known only when it runs."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(tensor, jax.core.Tracer)
+
+
 def class_ids(labels, num_classes: int):
     """Integer class ids as int32, asserted in [0, num_classes): float ids must be whole numbers.
 
-    Out-of-range ids would become all-zero one-hot rows (`tf.one_hot`) and a
-    float id 1.7 would be truncated to class 1, both silently. The asserts run
-    wherever the graph runs (a `tf.data` map, a traced loss) except under XLA.
+    Out-of-range ids would become all-zero one-hot rows (`one_hot`) and a
+    float id 1.7 would be truncated to class 1, both silently. TensorFlow
+    tensors (the TensorFlow backend, and a `tf.data` map on any backend) get
+    asserts that run wherever the graph runs (a `tf.data` map, a traced
+    loss) except under XLA. JAX and PyTorch tensors are checked when their
+    values are known (eagerly, or in a PyTorch step), with a ValueError.
     """
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and (keras.backend.backend() == "tensorflow" or tf.is_tensor(labels)):
+        return _asserted_class_ids(tf, labels, num_classes)
+    labels = keras.ops.convert_to_tensor(labels)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if "float" not in dtype and "int" not in dtype:
+        raise TypeError(f"Class ids must be integers. Received: labels of dtype {dtype}")
+    if not traced(labels):
+        ids = np.asarray(keras.ops.convert_to_numpy(labels))
+        if "float" in dtype and not np.array_equal(ids, np.round(ids)):
+            raise ValueError(f"class ids given as floats must be whole numbers (0., 1., ...). Received: labels {ids.ravel()[:5]}...")
+        if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+            raise ValueError(
+                f"class ids must be in [0, {num_classes}); ids 1..{num_classes} need `labels - 1`. "
+                f"Received: labels from {ids.min()} to {ids.max()}"
+            )
+    return keras.ops.cast(labels, "int32")
+
+
+def _asserted_class_ids(tf, labels, num_classes: int):
     labels = tf.convert_to_tensor(labels)
     checks = []
     if labels.dtype.is_floating:

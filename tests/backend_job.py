@@ -9,6 +9,7 @@ fixed order with the part under test, and writes to RESULT_OUT every weight of
 the model after `fit` and whatever the part logs. PART is one of `PARTS`.
 """
 
+import contextlib
 import os
 import sys
 
@@ -223,10 +224,18 @@ PARTS = {
 
 
 def main(part: str, weights_in: str, result_out: str) -> None:
-    classifier, base = model()
-    with np.load(weights_in) as stored:
-        classifier.set_weights([stored[f"w{index}"] for index in range(len(stored.files))])
-    logs = PARTS[part](classifier, base)
+    distribution = None
+    if os.environ.get("BACKEND_JOB_DISTRIBUTE"):  # JAX: every part under DataParallel over all devices
+        from keras_finetune import backend
+
+        distribution = backend.strategy(None)
+    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+        classifier, base = model()
+        with np.load(weights_in) as stored:
+            classifier.set_weights([stored[f"w{index}"] for index in range(len(stored.files))])
+        logs = PARTS[part](classifier, base)
+    if distribution is not None:
+        logs["devices"] = np.asarray(distribution.device_mesh.devices.size)
     weights = {f"w{index}": np.asarray(w) for index, w in enumerate(classifier.get_weights())}
     np.savez(result_out, backend=keras.backend.backend(), **weights, **logs)
 

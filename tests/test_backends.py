@@ -31,12 +31,12 @@ def start_weights(tmp_path_factory):
     return str(path)
 
 
-def run_on(backends: list, part: str, start: str, directory) -> dict:
-    """The results of `part` on each backend, the runs side by side."""
+def run_on(backends: list, part: str, start: str, directory, extra: dict | None = None) -> dict:
+    """The results of `part` on each backend (`extra` adds to one's environment), the runs side by side."""
     runs = {}
     for name in backends:
         out = str(directory / f"{part}_{name}.npz")
-        environment = {**os.environ, "KERAS_BACKEND": name}
+        environment = {**os.environ, "KERAS_BACKEND": name, **(extra or {}).get(name, {})}
         runs[name] = (out, subprocess.Popen([sys.executable, JOB, part, start, out], env=environment, stderr=subprocess.PIPE, text=True))
     results = {}
     for name, (out, process) in runs.items():
@@ -51,6 +51,10 @@ def run_on(backends: list, part: str, start: str, directory) -> dict:
 @pytest.mark.parametrize("part", sorted(PARTS))
 def test_part_equals_tensorflow(part, start_weights, tmp_path):
     results = run_on(["tensorflow", *OTHERS], part, start_weights, tmp_path)
+    check_equal(part, start_weights, results)
+
+
+def check_equal(part: str, start_weights: str, results: dict) -> None:
     reference = results["tensorflow"]
     assert str(reference["backend"]) == "tensorflow"
     with np.load(start_weights) as stored:
@@ -66,13 +70,23 @@ def test_part_equals_tensorflow(part, start_weights, tmp_path):
         assert moved, f"{part} changed no weight: the comparison would prove nothing"
     if part == "mixing_model":  # 2 epochs of 6 steps, each drawing anew
         assert reference["seed_state"][1] > 0
-    for name in OTHERS:
+    for name in results:
         other = results[name]
         assert str(other["backend"]) == name
         assert sorted(other) == sorted(reference)
         for key in reference:
             if key != "backend":
                 np.testing.assert_allclose(other[key], reference[key], rtol=2e-4, atol=2e-5, err_msg=f"{part}: {key} on {name}")
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+@pytest.mark.parametrize("part", ["fine_tune", "ema", "distiller"])
+def test_jax_data_parallel_over_two_devices_equals_one_device(part, start_weights, tmp_path):
+    """Two CPU devices on JAX: fine_tune picks DataParallel (logged); the other parts run under it; the weights equal TensorFlow's."""
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "BACKEND_JOB_DISTRIBUTE": "1"}
+    results = run_on(["tensorflow", "jax"], part, start_weights, tmp_path, extra={"jax": two})
+    assert int(results["jax"]["devices"]) == 2
+    check_equal(part, start_weights, {name: {k: v for k, v in r.items() if k != "devices"} for name, r in results.items()})
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
@@ -96,3 +110,56 @@ except ValueError as error:
     assert "auto 0.9 False" in result.stdout
     assert "refused: OneCycle cannot cycle the momentum on the jax backend" in result.stdout
     assert "Received: cycle_momentum=True" in result.stdout
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+def test_jax_runs_the_callbacks_and_models_without_tensorflow():
+    """With TensorFlow made unimportable, the parts that need no tf.data import and train on JAX."""
+    code = """
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
+import keras, numpy as np
+import keras_finetune
+from keras_finetune.callbacks import EMA, SWA, OneCycle, ProgressiveUnfreezing, update_batchnorm
+from keras_finetune.heads import build_classifier
+from keras_finetune.models import Distiller
+inputs = keras.Input((6, 6, 1))
+features = keras.layers.BatchNormalization()(keras.layers.Conv2D(3, 3)(inputs))
+base = keras.Model(inputs, features, name="base")
+model = build_classifier(base, 2, dropout=0.0)
+model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+x = np.random.default_rng(0).normal(size=(32, 6, 6, 1)).astype("float32")
+y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+before = [np.array(w) for w in model.get_weights()]
+callbacks = [ProgressiveUnfreezing(base, {0: 0, 1: "all"}), OneCycle(0.05, cycle_momentum="auto"), SWA(start_epoch=1, bn_data=x)]
+model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=callbacks)
+model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[EMA(0.9)])
+update_batchnorm(model, x)
+student = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+distiller = Distiller(student, model)
+distiller.compile("adam", student_loss_fn="sparse_categorical_crossentropy")
+distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+changed = sum(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None, changed)
+"""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported, changed = result.stdout.split()[-2:]
+    assert imported == "False" and int(changed) >= 6
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+def test_command_without_tensorflow_says_what_to_install(tmp_path):
+    code = """
+import sys
+sys.modules["tensorflow"] = None
+sys.argv = ["keras-finetune", "train", "--data", "photos", "--epochs", "1"]
+import keras_finetune_cli
+sys.exit(keras_finetune_cli.main())
+"""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "needs TensorFlow, which is not installed" in result.stderr
+    assert 'pip install "keras-finetune[tensorflow]"' in result.stderr

@@ -22,9 +22,12 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
 - `compiled(pure)`: a pure function of tensors, compiled for the backend;
 - `train_subset(model)`: let the model's optimizer, built over every variable
   that some phase trains, update those that train now;
-- `strategy(chosen)`: the `tf.distribute` strategy `fit` runs under on
-  TensorFlow (`chosen`, or the one the machine calls for); None elsewhere,
-  where `chosen` must be None;
+- `strategy(chosen)`: what `fit` distributes over, logged: on TensorFlow a
+  `tf.distribute` strategy (`chosen`, or the one the machine calls for), on
+  JAX a `keras.distribution` (`chosen`, or `DataParallel` over every device
+  when there are several, else None), on PyTorch None (one device);
+  `made_in(model, chosen)` whether a model's variables were made for it,
+  `fitting(chosen)` the context `fit` runs in for it;
 - `train_step(model, step, *args)`, `test_step(model, step, *args)`: a
   model's custom steps from one function, `step(data, training) -> (loss,
   logs)` written as stateful Keras code (forward pass, trackers, metrics);
@@ -49,9 +52,11 @@ assigning = _module.assigning
 compiled = _module.compiled
 train_subset = _module.train_subset
 strategy = _module.strategy
+made_in = _module.made_in
+fitting = _module.fitting
 train_step = _module.train_step
 test_step = _module.test_step
 prepared_step = _module.prepared_step
 STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
 
-__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "one_device", "prepared_step", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]
+__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "fitting", "made_in", "one_device", "prepared_step", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]

@@ -1,6 +1,7 @@
 """The JAX backend: a pure train step over state held outside the variables during an epoch."""
 
 import contextlib
+import logging
 import types
 import weakref
 
@@ -8,6 +9,7 @@ import jax
 import keras
 
 STEP_UPDATES_VARIABLES = False
+_logger = logging.getLogger("keras_finetune.distribute")
 
 
 def scope(model):
@@ -67,12 +69,35 @@ def train_subset(model) -> None:
 
 
 def strategy(chosen):
-    """No `tf.distribute` strategy: one device."""
-    if chosen is not None:
-        raise ValueError(
-            f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
-            f"Leave `strategy` out there. Received: strategy={chosen!r}"
+    """`keras.distribution.DataParallel` over every device when there are several (or `chosen`); None on one.
+
+    JAX's `fit` reads the distribution from Keras's global setting: `fit`
+    runs inside `chosen.scope()`, and a model built outside it is copied
+    into it. On several machines, call `keras.distribution.initialize()` in
+    each process first: `jax.devices()` then lists every machine's devices.
+    """
+    if chosen is not None and not isinstance(chosen, (keras.distribution.DataParallel, keras.distribution.ModelParallel)):
+        raise TypeError(
+            "On the JAX backend `strategy` must be a keras.distribution.DataParallel or ModelParallel, "
+            f"or None. Received: strategy={chosen!r}"
         )
+    devices = jax.devices()
+    if chosen is None and len(devices) > 1:
+        chosen = keras.distribution.DataParallel(devices=devices)
+    if chosen is None:
+        _logger.info("keras_finetune fits on one device: %s", devices[0])
+    else:
+        _logger.info(
+            "keras_finetune fits under %s over %d device(s): %s",
+            type(chosen).__name__, chosen.device_mesh.devices.size, ", ".join(map(str, chosen.device_mesh.devices.ravel())),
+        )
+    return chosen
+
+
+def made_in(model, chosen) -> bool:
+    """Whether every variable of `model` lies on all of `chosen`'s devices (made in its scope)."""
+    wanted = {device.id for device in chosen.device_mesh.devices.ravel()}
+    return all({device.id for device in v.value.sharding.device_set} == wanted for v in model.variables)
 
 
 def _stateless(variables, values, run):
@@ -125,3 +150,8 @@ def prepared_step(model, prepare, step, state, data):
     variables = model.non_trainable_variables
     data, values = _stateless(variables, state[1], lambda: prepare(data))
     return step((state[0], values, *state[2:]), data)
+
+
+def fitting(chosen):
+    """Where `fit` runs: inside the distribution's scope, which JAX's `fit` reads it from."""
+    return contextlib.nullcontext() if chosen is None else chosen.scope()

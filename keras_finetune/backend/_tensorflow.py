@@ -1,5 +1,7 @@
 """The TensorFlow backend: variables updated in place, `tf.distribute` strategies, `tf.function`."""
 
+import contextlib
+
 import tensorflow as tf
 
 STEP_UPDATES_VARIABLES = True
@@ -36,10 +38,15 @@ def train_subset(model) -> None:
 
 
 def strategy(chosen):
-    """The `tf.distribute` strategy to fit under: `chosen`, or the one this machine calls for."""
+    """The `tf.distribute` strategy to fit under: `chosen`, or the one this machine calls for (logged)."""
     from keras_finetune.distribute import get_strategy
 
     return chosen or get_strategy()
+
+
+def made_in(model, chosen) -> bool:
+    """Whether every variable of `model` belongs to the strategy `chosen` (made in its scope)."""
+    return all(chosen.extended.variable_created_in_scope(v.value) for v in model.variables)
 
 
 def train_step(model, step, data):
@@ -60,3 +67,8 @@ def test_step(model, step, data):
 def prepared_step(model, prepare, step, data):
     """Keras's own `step` of `model` on `prepare(data)`, `prepare` stateful Keras code (a random layer)."""
     return step(prepare(data))
+
+
+def fitting(chosen):
+    """Where `fit` runs: anywhere (a strategy is attached to the model's variables)."""
+    return contextlib.nullcontext()

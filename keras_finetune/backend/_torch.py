@@ -1,9 +1,11 @@
 """The PyTorch backend: variables updated in place, one device, eager functions."""
 
 import contextlib
+import logging
 
-import keras
 import torch
+
+_logger = logging.getLogger("keras_finetune.distribute")
 
 STEP_UPDATES_VARIABLES = True
 
@@ -42,12 +44,17 @@ def train_subset(model) -> None:
 
 
 def strategy(chosen):
-    """No `tf.distribute` strategy: one device."""
+    """One device: Keras's PyTorch `fit` distributes nothing."""
     if chosen is not None:
         raise ValueError(
-            f"A tf.distribute strategy runs TensorFlow's `fit`; the Keras backend is {keras.backend.backend()!r}. "
-            f"Leave `strategy` out there. Received: strategy={chosen!r}"
+            "Keras's PyTorch backend fits on one device; there is no strategy to pass. "
+            f"Leave `strategy` out. Received: strategy={chosen!r}"
         )
+    _logger.info("keras_finetune fits on one device: %s", "cuda" if torch.cuda.is_available() else "the CPU")
+
+
+def made_in(model, chosen) -> bool:
+    return True
 
 
 def train_step(model, step, data):
@@ -69,3 +76,8 @@ def test_step(model, step, data):
 def prepared_step(model, prepare, step, data):
     """Keras's own `step` of `model` on `prepare(data)`, `prepare` stateful Keras code (a random layer)."""
     return step(prepare(data))
+
+
+def fitting(chosen):
+    """Where `fit` runs: anywhere (one device)."""
+    return contextlib.nullcontext()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_finetune.validation import is_int
 
@@ -50,12 +49,16 @@ def reseed(states: list, seed: int, epoch) -> None:
         if is_int(epoch):
             state.assign(np.array([first, epoch * _DRAWS_PER_EPOCH], keras.backend.standardize_dtype(state.dtype)))
         else:
+            import tensorflow as tf
+
             counter = tf.reshape(tf.cast(epoch, state.dtype) * _DRAWS_PER_EPOCH, (1,))
             state.assign(tf.concat([tf.constant([first], dtype=state.dtype), counter], axis=0))
 
 
 def epoch_order(count: int, seed: int | None, epoch):
     """The indices `0..count-1` in epoch `epoch`'s order: a permutation of `(seed, epoch)` alone (random without a seed)."""
+    import tensorflow as tf  # for a tf.data pipeline
+
     if seed is None:
         return tf.random.shuffle(tf.range(count))
     return tf.random.experimental.stateless_shuffle(

@@ -283,6 +283,8 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         before = {id(v) for v in self.model.trainable_variables}
         self._apply(index)
         self.model.make_train_function(force=True)
+        # Under a JAX distribution the test step's output shardings follow what trains too.
+        self.model.make_test_function(force=True)
         first_phase_of_fit = self._applied is None
         self._applied = index
         rate = self.base_learning_rate(epoch)

@@ -21,12 +21,10 @@ Keras's own layers keep theirs the same way, under the same method name;
 
 from __future__ import annotations
 
-import sys
-
 import keras
 from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
 
-__all__ = ["DataLayer", "pipeline_seed_states", "traced"]
+__all__ = ["DataLayer", "pipeline_seed_states"]
 
 _TF = "tensorflow"
 
@@ -85,12 +83,6 @@ def _in_pipeline(args) -> bool:
     """Whether the inputs are tensors of a TensorFlow graph (a `tf.data` map), not symbolic Keras ones."""
     flat = keras.tree.flatten(args)
     return bool(flat) and not isinstance(flat[0], keras.KerasTensor) and in_tf_graph()
-
-
-def traced(tensor) -> bool:
-    """Whether `tensor` is a JAX tracer: a value of a function being compiled, known only when it runs."""
-    jax = sys.modules.get("jax")
-    return jax is not None and isinstance(tensor, jax.core.Tracer)
 
 
 def pipeline_seed_states(*layers) -> list:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_finetune.layers.data_layer import DataLayer, traced
+from keras_finetune.layers.data_layer import DataLayer
 from keras_finetune.validation import (
     check_channel_axis, check_data_format, check_fraction, check_positive, class_ids, is_int,
 )
@@ -176,7 +176,7 @@ class _Mixing(DataLayer):
                     "Integer labels must have shape (batch,) or (batch, 1). "
                     f"Received: labels of shape {tuple(labels.shape)}"
                 )
-            return self.backend.nn.one_hot(self._class_ids(labels), self.num_classes, dtype="float32")
+            return self.backend.nn.one_hot(class_ids(labels, self.num_classes), self.num_classes, dtype="float32")
         if not _is_float(labels.dtype) or len(labels.shape) != 2 or labels.shape[-1] == 1:
             raise ValueError(
                 "`labels` must be integer class ids or float one-hot rows of shape "
@@ -190,19 +190,6 @@ class _Mixing(DataLayer):
                 f"Received: num_classes={self.num_classes}"
             )
         return labels
-
-    def _class_ids(self, labels):
-        """Integer ids as int32, refused when out of [0, num_classes) (asserted in a graph, checked when concrete)."""
-        if self.backend.name == "tensorflow":
-            return class_ids(labels, self.num_classes)
-        if not traced(labels):
-            ids = np.asarray(keras.ops.convert_to_numpy(labels))
-            if ids.size and (ids.min() < 0 or ids.max() >= self.num_classes):
-                raise ValueError(
-                    f"class ids must be in [0, {self.num_classes}); ids 1..{self.num_classes} need `labels - 1`. "
-                    f"Received: labels from {ids.min()} to {ids.max()}"
-                )
-        return self.backend.cast(labels, "int32")
 
     def _generator(self):
         return self._get_seed_generator(self.backend.name)

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from keras_finetune import backend
-from keras_finetune.validation import check_fraction, check_not_empty, check_positive, ends_in_softmax
+from keras_finetune.validation import check_fraction, check_not_empty, check_positive, ends_in_softmax, is_dataset
 
 __all__ = ["Distiller"]
 
@@ -131,7 +130,7 @@ def _unpack(data):
 
 
 def _carries_teacher_outputs(data) -> bool:
-    if not isinstance(data, tf.data.Dataset):
+    if not is_dataset(data):
         return False
     spec = data.element_spec
     return isinstance(spec, tuple) and len(spec) in (2, 3) and _is_cached(spec[-1])
@@ -388,7 +387,7 @@ class Distiller(keras.Model):
         for element in dataset.take(1):
             x, _, cached, _ = _unpack(element)
             live = self.teacher_forward(x)
-            for old, new in zip(tf.nest.flatten(cached), tf.nest.flatten(live)):
+            for old, new in zip(keras.tree.flatten(cached), keras.tree.flatten(live)):
                 old = np.asarray(ops.convert_to_numpy(old), "float32")
                 new = np.asarray(ops.convert_to_numpy(new), "float32")
                 scale = max(1.0, float(np.max(np.abs(new), initial=0.0)))
@@ -404,8 +403,8 @@ class Distiller(keras.Model):
                     )
 
     def cache_teacher_outputs(
-        self, dataset: tf.data.Dataset, shuffle: bool = False, seed: int | None = None
-    ) -> tf.data.Dataset:
+        self, dataset, shuffle: bool = False, seed: int | None = None
+    ):
         """Runs the teacher once and returns a dataset that carries its outputs.
 
         The returned dataset yields `(x, y, {"teacher_outputs": t})` (with a
@@ -428,7 +427,7 @@ class Distiller(keras.Model):
         Returns:
             A batched `tf.data.Dataset`.
         """
-        if not isinstance(dataset, tf.data.Dataset):
+        if not is_dataset(dataset):
             raise TypeError(
                 "cache_teacher_outputs needs a batched tf.data.Dataset. Received: "
                 f"dataset of type {type(dataset).__name__}"
@@ -446,14 +445,16 @@ class Distiller(keras.Model):
             if sample_weight is not None:
                 cached["sample_weight"] = sample_weight
             batch = (x, cached) if y is None else (x, y, cached)
-            batches.append(tf.nest.map_structure(ops.convert_to_numpy, batch))
+            batches.append(keras.tree.map_structure(ops.convert_to_numpy, batch))
         if not batches:
             raise ValueError("cache_teacher_outputs got a dataset that yields nothing.")
-        batch_size = len(tf.nest.flatten(batches[0][0])[0])
-        samples = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *batches)
+        import tensorflow as tf
+
+        batch_size = len(keras.tree.flatten(batches[0][0])[0])
+        samples = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *batches)
         cached = tf.data.Dataset.from_tensor_slices(samples)
         if shuffle:
-            cached = cached.shuffle(len(tf.nest.flatten(samples)[0]), seed=seed)
+            cached = cached.shuffle(len(keras.tree.flatten(samples)[0]), seed=seed)
         return cached.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     # Saving.
