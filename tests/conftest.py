@@ -17,6 +17,31 @@ tf.config.set_logical_device_configuration(
 )
 
 
+# The suite runs under every backend (`KERAS_BACKEND=jax python -m pytest`). A module that holds
+# backend-agnostic tests says so in `BACKENDS`; the others, and tests marked `tensorflow_only`,
+# check TensorFlow's own machinery (tf.data, tf.distribute, its asserts and errors) and are skipped
+# elsewhere. Every part is also trained on each backend and compared in test_backends.py.
+BACKEND = keras.backend.backend()
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    for item in items:
+        marker = item.get_closest_marker("tensorflow_only")
+        if "mirrored" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason="TensorFlow only: a tf.distribute.MirroredStrategy"))
+        elif marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"TensorFlow only: {marker.args[0] if marker.args else ''}"))
+        elif BACKEND not in getattr(item.module, "BACKENDS", ("tensorflow",)):
+            item.add_marker(pytest.mark.skip(reason="a module of TensorFlow-only tests (tf.data, tf.distribute, its errors)"))
+
+
+def numpy(tensor):
+    """A backend tensor or variable as a numpy array."""
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+
 def make_base(name="base"):
     """A small conv base: conv-BN-relu, conv-BN-relu, conv (7 entries in `layers`)."""
     inputs = keras.Input((8, 8, 1), name="pixels")

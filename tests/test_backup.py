@@ -7,6 +7,8 @@ import pytest
 from keras_finetune.callbacks import AtomicBackup
 from keras_finetune.callbacks.backup import resumed_epoch, write_json
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 def model_and_data():
     keras.utils.set_random_seed(0)

@@ -4,11 +4,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_base
+from conftest import make_base, numpy
 
 from keras_finetune.callbacks import update_batchnorm
 from keras_finetune.freezing import freeze
 from keras_finetune.heads import build_classifier
+
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 
 def make_model(strategy=None):
@@ -43,7 +45,7 @@ def test_statistics_are_the_exact_mean_and_variance_with_an_uneven_last_batch(im
     assert_true_statistics(base, ["bn0"], images)
     bn1_inputs = np.concatenate(
         [
-            keras.Model(base.input, base.get_layer("bn1").input)(images[i : i + 12], training=True).numpy()
+            numpy(keras.Model(base.input, base.get_layer("bn1").input)(images[i : i + 12], training=True))
             for i in range(0, 32, 12)
         ]
     ).reshape(-1, 4)
@@ -97,7 +99,7 @@ def test_frozen_layers_are_left_alone_unless_named(images):
     bn1 = base.get_layer("bn1")
     assert not np.allclose(bn1.moving_mean.numpy(), untouched)
     # bn0 ran in training mode (batch statistics), so bn1's inputs are those of the first pass.
-    inputs = keras.Model(base.input, bn1.input)(images, training=True).numpy().reshape(-1, 4)
+    inputs = numpy(keras.Model(base.input, bn1.input)(images, training=True)).reshape(-1, 4)
     np.testing.assert_allclose(bn1.moving_mean.numpy(), inputs.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
@@ -172,5 +174,5 @@ def test_a_later_call_follows_flags_changed_in_between(images):
     assert [layer.name for layer in update_batchnorm(model, images[:16])] == ["bn1"]
     np.testing.assert_array_equal(base.get_layer("bn0").moving_mean.numpy(), np.full(4, 0.5))
     # bn0 now runs in inference mode with its new statistics: bn1 sees that.
-    inputs = keras.Model(base.input, base.get_layer("bn1").input)(images[:16], training=True).numpy().reshape(-1, 4)
+    inputs = numpy(keras.Model(base.input, base.get_layer("bn1").input)(images[:16], training=True)).reshape(-1, 4)
     np.testing.assert_allclose(base.get_layer("bn1").moving_mean.numpy(), inputs.mean(axis=0), rtol=1e-5, atol=1e-6)

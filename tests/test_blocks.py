@@ -9,6 +9,8 @@ from keras_finetune.blocks import units
 from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.freezing import unfreeze
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 class Block(keras.layers.Layer):
     """A transformer block as keras-hub's `ViTEncoderBlock` nests it: ln_1, attention (here a dense), ln_2, mlp."""

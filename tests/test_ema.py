@@ -9,6 +9,8 @@ from keras_finetune.callbacks import EMA, ProgressiveUnfreezing, update_batchnor
 from keras_finetune.heads import build_classifier
 from conftest import fresh_process, make_base, with_statistics
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 class Steps(keras.callbacks.Callback):
     """The model's weights after every optimizer step, and before the first."""

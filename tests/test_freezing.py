@@ -16,6 +16,8 @@ from keras_finetune.freezing import (
 )
 from keras_finetune.heads import build_classifier
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 def fit_once(base, images, labels):
     """Compile a linear head on `base` and fit two epochs with a large rate."""

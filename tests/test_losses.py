@@ -11,6 +11,8 @@ from keras_finetune.losses import (
     smooth_labels,
 )
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 K = 4
 
 

@@ -8,6 +8,8 @@ import tensorflow as tf
 from keras_finetune import lr_find
 from keras_finetune.callbacks import LRFinder
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 @pytest.fixture
 def regression():

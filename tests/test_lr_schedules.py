@@ -6,6 +6,8 @@ import pytest
 
 from keras_finetune.callbacks import CosineAnnealing, StepLR
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 @pytest.fixture
 def data():

@@ -6,6 +6,8 @@ import tensorflow as tf
 from keras_finetune.layers import CutMix, MixUp, MixUpOrCutMix
 from keras_finetune.models import MixingModel
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 def data(n=24, classes=4):
     rng = np.random.default_rng(0)
@@ -22,6 +24,7 @@ def classifier(seed=0, classes=4):
 
 @pytest.mark.parametrize("make", [lambda: MixUp(num_classes=4, alpha=1.0, seed=5), lambda: CutMix(num_classes=4, seed=5),
                                   lambda: MixUpOrCutMix(num_classes=4, label_smoothing=0.1, seed=5)])
+@pytest.mark.tensorflow_only("the step draws from the backend's generator, the tf.data map from TensorFlow's")
 def test_training_step_mixing_equals_the_tf_data_path(make):
     images, labels = data()
     raw = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)

@@ -10,6 +10,8 @@ from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing
 from keras_finetune.heads import build_classifier
 from keras_finetune.optimizers import discriminative_optimizer, layer_decay_optimizer
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 pytestmark = pytest.mark.skipif(
     not hasattr(keras.optimizers, "MultiOptimizer"), reason="keras.optimizers.MultiOptimizer needs Keras 3.15"
 )

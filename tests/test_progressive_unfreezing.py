@@ -8,6 +8,8 @@ from conftest import make_base, mixed_float16, snapshot
 from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
 
+BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+
 SCHEDULE = {0: 0, 2: 3, 4: "all"}
 RATES = {0: 1e-2, 2: 1e-3, 4: 1e-4}
 BASE_KERNELS = ["conv0/kernel", "conv1/kernel", "conv2/kernel"]
@@ -98,6 +100,7 @@ def test_logs_carry_phase_learning_rate_and_trainable_params_per_epoch(images, i
     assert history.history["trainable_params"] == [head, head, top3, top3, top3 + conv0, top3 + conv0]
 
 
+@pytest.mark.tensorflow_only("counts the traces of a TensorFlow train step")
 def test_one_trace_per_phase_and_none_otherwise(images, int_labels):
     base, model = make_model()
     traces = []

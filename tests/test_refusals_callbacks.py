@@ -12,6 +12,8 @@ from keras_finetune.callbacks import SWA, CosineAnnealing, LRFinder, Progressive
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUp
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 @pytest.mark.parametrize(
     "make, error, message",

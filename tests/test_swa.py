@@ -12,6 +12,8 @@ from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing
 from keras_finetune.heads import build_classifier
 from keras_finetune.optimizers import discriminative_optimizer
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 def make_model(strategy=None, optimizer=None):
     keras.utils.set_random_seed(0)

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from keras_finetune import validation
 
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
+
 
 @pytest.mark.parametrize(
     "call, error, message",
@@ -61,6 +63,7 @@ def test_channel_axis_refuses_images_whose_channels_are_on_the_other_axis():
         validation.check_channel_axis(shape, data_format, "CutMix")
 
 
+@pytest.mark.tensorflow_only("TensorFlow's in-graph asserts")
 def test_class_ids_pass_good_ids_and_stop_the_graph_on_bad_ones():
     np.testing.assert_array_equal(validation.class_ids(np.array([0, 2, 1]), 3), [0, 2, 1])
     np.testing.assert_array_equal(validation.class_ids(np.array([0.0, 2.0]), 3), [0, 2])
@@ -89,3 +92,12 @@ def test_output_activation_reads_the_last_layer_through_nested_models():
     assert validation.output_activation(probabilities) == "softmax" and validation.ends_in_softmax(outer)
     sigmoid = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(inputs))
     assert validation.output_activation(sigmoid) == "sigmoid"
+
+
+def test_class_ids_stop_bad_ids_on_every_backend():
+    """On TensorFlow an in-graph assert, on JAX and PyTorch a ValueError when the values are concrete."""
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(validation.class_ids(np.array([0.0, 2.0]), 3)), [0, 2])
+    for labels, message in (([0, 3], r"class ids must be in \[0, 3\)"), ([0.5, 1.0], "whole numbers")):
+        with pytest.raises(Exception, match=message) as raised:
+            keras.ops.convert_to_numpy(validation.class_ids(keras.ops.convert_to_tensor(np.array(labels)), 3))
+        assert type(raised.value).__name__ in ("InvalidArgumentError", "ValueError")

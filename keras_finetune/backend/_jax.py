@@ -47,9 +47,10 @@ def train_subset(model) -> None:
     `apply`, run in a stateless scope as `stateless_apply` runs it, takes any
     subset. The variables are those of `model.trainable_variables` when the
     train step is traced, in that order, which is the order `fit` hands
-    their values in.
+    their values in. A `LossScaleOptimizer` hands its inner optimizer the
+    unscaled gradients, so the inner one takes the subset.
     """
-    optimizer = model.optimizer
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if "stateless_apply" in vars(optimizer):
         return
     model_ref = weakref.ref(model)

@@ -71,7 +71,7 @@ class StopMixing(keras.callbacks.Callback):
         for layer in self.layers:
             changed |= bool(layer.enabled.numpy()) != (epoch < self._stop)
             layer.enabled.assign(epoch < self._stop)
-        if changed and not backend.STEP_UPDATES_VARIABLES:
+        if changed and not backend.STEP_UPDATES_VARIABLES and self.model is not None:
             # A compiled JAX step read the switch as a constant when traced (MixingModel): trace it again.
             self.model.make_train_function(force=True)
 

@@ -66,13 +66,22 @@ class MixingModel(keras.Model):
         """Exports the wrapped model for serving, as `self.model.export(...)`: mixing is for training only."""
         return self.model.export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if y is None and hasattr(x, "shape"):  # arrays without labels: refused before Keras builds anything
+            self._refuse_unlabelled()
+        return super().fit(x, y, *args, **kwargs)
+
+    @staticmethod
+    def _refuse_unlabelled():
+        raise ValueError(
+            "MixingModel trains and evaluates on (x, y) batches: mixing needs the labels. "
+            "Received: a batch without labels"
+        )
+
     def _with_labels(self, data, training: bool):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
-            raise ValueError(
-                "MixingModel trains and evaluates on (x, y) batches: mixing needs the labels. "
-                "Received: a batch without labels"
-            )
+            self._refuse_unlabelled()
         x, y = self.mixing(x, y, training=training)
         return (x, y) if sample_weight is None else (x, y, sample_weight)
 
