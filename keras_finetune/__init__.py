@@ -23,7 +23,7 @@ _NAMES = {
     "unfreeze": "freezing",
 }
 _SUBMODULES = (
-    "backbones", "blocks", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
+    "backbones", "backend", "blocks", "callbacks", "distribute", "freezing", "heads", "image_folders", "layers", "losses", "models",
     "optimizers", "recipe", "report", "tta",
 )
 

@@ -36,7 +36,9 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
   `prepare(data)`, `prepare` stateful Keras code run before it (a random
   layer, whose seeds must advance in `fit`'s state on JAX);
 - `STEP_UPDATES_VARIABLES`: whether the train step assigns variables itself
-  (so a callback may trace an update of its own into it).
+  (so a callback may trace an update of its own into it); where it does not
+  (JAX), a variable the step reads without being handed it is a constant of
+  the trace, which changes only when the step is traced again.
 """
 
 import importlib
