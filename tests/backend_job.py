@@ -1,12 +1,14 @@
-"""One part trained on whichever Keras backend `KERAS_BACKEND` names, for test_backends.py.
+"""Parts trained on whichever Keras backend `KERAS_BACKEND` names, for test_backends.py.
 
-    KERAS_BACKEND=jax python tests/backend_job.py PART WEIGHTS_IN RESULT_OUT
+    KERAS_BACKEND=jax python tests/backend_job.py PART[,PART...] WEIGHTS_IN OUT_DIR
 
-Every run starts from the weights in WEIGHTS_IN (written by the test, so that
+Each part starts from the weights in WEIGHTS_IN (written by the test, so that
 each backend starts from the same numbers, which backends' initialisers do not
 draw alike), trains a small conv classifier with BatchNorm on fixed data in a
-fixed order with the part under test, and writes to RESULT_OUT every weight of
-the model after `fit` and whatever the part logs. PART is one of `PARTS`.
+fixed order, and writes to OUT_DIR/PART.npz every weight of the model after
+`fit` and whatever the part logs. PART is one of `PARTS`. One process runs
+them all, one after the other (a process per part spent most of its time
+importing TensorFlow and JAX).
 """
 
 import contextlib
@@ -223,7 +225,8 @@ PARTS = {
 }
 
 
-def main(part: str, weights_in: str, result_out: str) -> None:
+def run(part: str, weights_in: str, result_out: str) -> None:
+    keras.backend.clear_session()
     distribution = None
     if os.environ.get("BACKEND_JOB_DISTRIBUTE"):  # JAX: every part under DataParallel over all devices
         from keras_finetune import backend
@@ -238,6 +241,11 @@ def main(part: str, weights_in: str, result_out: str) -> None:
         logs["devices"] = np.asarray(distribution.device_mesh.devices.size)
     weights = {f"w{index}": np.asarray(w) for index, w in enumerate(classifier.get_weights())}
     np.savez(result_out, backend=keras.backend.backend(), **weights, **logs)
+
+
+def main(parts: str, weights_in: str, out_dir: str) -> None:
+    for part in parts.split(","):
+        run(part, weights_in, os.path.join(out_dir, f"{part}.npz"))
 
 
 if __name__ == "__main__":

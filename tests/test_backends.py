@@ -31,27 +31,35 @@ def start_weights(tmp_path_factory):
     return str(path)
 
 
-def run_on(backends: list, part: str, start: str, directory, extra: dict | None = None) -> dict:
-    """The results of `part` on each backend (`extra` adds to one's environment), the runs side by side."""
+def run_on(backends: list, parts: list, start: str, directory, extra: dict | None = None) -> dict:
+    """`{backend: {part: results}}`: one process per backend runs every part, the backends side by side."""
     runs = {}
     for name in backends:
-        out = str(directory / f"{part}_{name}.npz")
+        out = directory / name
+        out.mkdir()
         environment = {**os.environ, "KERAS_BACKEND": name, **(extra or {}).get(name, {})}
-        runs[name] = (out, subprocess.Popen([sys.executable, JOB, part, start, out], env=environment, stderr=subprocess.PIPE, text=True))
+        command = [sys.executable, JOB, ",".join(parts), start, str(out)]
+        runs[name] = (out, subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True))
     results = {}
     for name, (out, process) in runs.items():
-        _, errors = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{part} on {name}:\n{errors[-3000:]}"
-        with np.load(out) as stored:
-            results[name] = {key: stored[key] for key in stored.files}
+        _, errors = process.communicate(timeout=1200)
+        assert process.returncode == 0, f"{parts} on {name}:\n{errors[-3000:]}"
+        results[name] = {}
+        for part in parts:
+            with np.load(out / f"{part}.npz") as stored:
+                results[name][part] = {key: stored[key] for key in stored.files}
     return results
+
+
+@pytest.fixture(scope="module")
+def every_part(start_weights, tmp_path_factory):
+    return run_on(["tensorflow", *OTHERS], sorted(PARTS), start_weights, tmp_path_factory.mktemp("parts"))
 
 
 @pytest.mark.skipif(not OTHERS, reason="neither JAX nor PyTorch is installed")
 @pytest.mark.parametrize("part", sorted(PARTS))
-def test_part_equals_tensorflow(part, start_weights, tmp_path):
-    results = run_on(["tensorflow", *OTHERS], part, start_weights, tmp_path)
-    check_equal(part, start_weights, results)
+def test_part_equals_tensorflow(part, start_weights, every_part):
+    check_equal(part, start_weights, {name: results[part] for name, results in every_part.items()})
 
 
 def check_equal(part: str, start_weights: str, results: dict) -> None:
@@ -80,13 +88,15 @@ def check_equal(part: str, start_weights: str, results: dict) -> None:
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
-@pytest.mark.parametrize("part", ["fine_tune", "ema", "distiller"])
-def test_jax_data_parallel_over_two_devices_equals_one_device(part, start_weights, tmp_path):
-    """Two CPU devices on JAX: fine_tune picks DataParallel (logged); the other parts run under it; the weights equal TensorFlow's."""
+def test_jax_data_parallel_over_two_devices_equals_one_device(start_weights, every_part, tmp_path):
+    """Two CPU devices on JAX: every part under DataParallel (fine_tune picks it itself, logged) ends with TensorFlow's weights."""
+    parts = ["distiller", "ema", "fine_tune"]
     two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "BACKEND_JOB_DISTRIBUTE": "1"}
-    results = run_on(["tensorflow", "jax"], part, start_weights, tmp_path, extra={"jax": two})
-    assert int(results["jax"]["devices"]) == 2
-    check_equal(part, start_weights, {name: {k: v for k, v in r.items() if k != "devices"} for name, r in results.items()})
+    parallel = run_on(["jax"], parts, start_weights, tmp_path, extra={"jax": two})["jax"]
+    for part in parts:
+        assert int(parallel[part]["devices"]) == 2
+        others = {k: v for k, v in parallel[part].items() if k != "devices"}
+        check_equal(part, start_weights, {"tensorflow": every_part["tensorflow"][part], "jax": others})
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
