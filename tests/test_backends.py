@@ -173,3 +173,26 @@ sys.exit(keras_finetune_cli.main())
     assert result.returncode == 1
     assert "needs TensorFlow, which is not installed" in result.stderr
     assert 'pip install "keras-finetune[tensorflow]"' in result.stderr
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+def test_jax_refuses_a_strategy_it_cannot_use_and_a_pipeline_it_cannot_reseed():
+    code = """
+import keras
+from keras_finetune import backend
+from keras_finetune.layers.data_layer import pipeline_seed_states
+for bad, call in (("mirrored", lambda: backend.strategy("mirrored")),
+                  ("dropout", lambda: pipeline_seed_states(keras.layers.Pipeline([keras.layers.Dropout(0.5, seed=1)])))):
+    try:
+        call()
+    except TypeError as error:
+        print(bad, "refused:", error)
+print("flip states:", len(pipeline_seed_states(keras.layers.Pipeline([keras.layers.RandomFlip(seed=1)]))))
+"""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mirrored refused: On the JAX backend `strategy` must be a keras.distribution.DataParallel" in result.stdout
+    assert "Received: strategy='mirrored'" in result.stdout
+    assert "dropout refused:" in result.stdout and "cannot be reseeded from" in result.stdout
+    assert "flip states: 1" in result.stdout
