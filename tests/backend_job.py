@@ -66,7 +66,8 @@ def ema(classifier, base) -> dict:
 
 
 def one_cycle(classifier, base) -> dict:
-    return fit(classifier, [OneCycle(0.1, cycle_momentum=False)])
+    # Before ProgressiveUnfreezing, which may give the model another optimizer: the momentum must follow it.
+    return fit(classifier, [OneCycle(0.1, restart_per_phase=True), ProgressiveUnfreezing(base, {0: 0, 2: "all"})])
 
 
 def schedules(classifier, base) -> dict:

@@ -16,6 +16,7 @@ Three things Keras does not offer in public:
 
 from __future__ import annotations
 
+import contextlib
 import types
 import weakref
 
@@ -178,7 +179,10 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
 
     The train step is traced again, so it reads the variables; `fixed_momentum`
     puts the floats back. Meanwhile the optimizer's config holds the compiled
-    float, so a model saved mid-`fit` (ModelCheckpoint) reloads.
+    float, so a model saved mid-`fit` (ModelCheckpoint) reloads. Where the
+    step reads only the state `fit` hands it (JAX), each variable joins its
+    optimizer's variables, that state, for the `fit`, and stays out of what
+    the optimizer saves and loads.
     """
     variables = []
     for holder in _holders(model.optimizer):
@@ -197,7 +201,13 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
             # Past the optimizer's tracker: the variable must not join its saved state.
             object.__setattr__(holder, attribute, value)
             object.__setattr__(holder, "get_config", types.MethodType(_compiled_config, holder))
+            if not backend.STEP_UPDATES_VARIABLES:
+                holder._variables.append(value)
         variables.append(value)
+    if not backend.STEP_UPDATES_VARIABLES:
+        for saver in _savers(model.optimizer):
+            object.__setattr__(saver, "save_own_variables", types.MethodType(_save_without_momentum, saver))
+            object.__setattr__(saver, "load_own_variables", types.MethodType(_load_without_momentum, saver))
     model.make_train_function(force=True)
     return variables
 
@@ -205,6 +215,41 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
 def _compiled_config(holder) -> dict:
     config = type(holder).get_config(holder)
     return {key: value.compiled if isinstance(value, _Momentum) else value for key, value in config.items()}
+
+
+def _savers(optimizer) -> list:
+    """Every optimizer whose `variables` list holds its holders' (a LossScaleOptimizer, a MultiOptimizer, the holders)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return list({id(o): o for o in (optimizer, inner, *_holders(optimizer))}.values())
+
+
+def _take_momentum_out(holders) -> list:
+    """Remove the `_Momentum` variables from their holders' variables; returns (holder, removed) pairs."""
+    taken = []
+    for holder in holders:
+        taken.append((holder, [v for v in holder._variables if isinstance(v, _Momentum)]))
+        holder._variables[:] = [v for v in holder._variables if not isinstance(v, _Momentum)]
+    return taken
+
+
+@contextlib.contextmanager
+def _momentum_left_out(holders):
+    taken = _take_momentum_out(holders)
+    try:
+        yield
+    finally:
+        for holder, momenta in taken:
+            holder._variables.extend(momenta)
+
+
+def _save_without_momentum(self, store) -> None:
+    with _momentum_left_out(_holders(self)):
+        type(self).save_own_variables(self, store)
+
+
+def _load_without_momentum(self, store) -> None:
+    with _momentum_left_out(_holders(self)):
+        type(self).load_own_variables(self, store)
 
 
 def fixed_momentum(model: keras.Model) -> None:
@@ -215,6 +260,12 @@ def fixed_momentum(model: keras.Model) -> None:
         if isinstance(value, _Momentum):
             object.__setattr__(holder, attribute, value.compiled)
             object.__delattr__(holder, "get_config")
+    if not backend.STEP_UPDATES_VARIABLES:
+        _take_momentum_out(_holders(model.optimizer))
+        for saver in _savers(model.optimizer):
+            for method in ("save_own_variables", "load_own_variables"):
+                if method in vars(saver):
+                    object.__delattr__(saver, method)
     model.make_train_function(force=True)
 
 

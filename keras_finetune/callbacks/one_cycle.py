@@ -123,6 +123,7 @@ class OneCycle(keras.callbacks.Callback):
         self.verbose = verbose
         self._momenta = []
         self._cycles = None
+        self._cycle = False
         self._epoch = 0
 
     def set_model(self, model) -> None:
@@ -140,17 +141,9 @@ class OneCycle(keras.callbacks.Callback):
             )
         _optimizer.check_settable(self.model.optimizer, "OneCycle")
         _optimizer.register_controller(self.model, "schedule", self)
-        cycle = self.cycle_momentum
-        if cycle == "auto":
-            cycle = backend.STEP_UPDATES_VARIABLES and _optimizer.has_momentum(self.model.optimizer)
-        elif cycle and not backend.STEP_UPDATES_VARIABLES:
-            raise ValueError(
-                f"OneCycle cannot cycle the momentum on the {keras.backend.backend()} backend: its train step is "
-                "traced with the momentum as a constant of the optimizer. Pass cycle_momentum=False (or \"auto\", "
-                "which cycles it where the backend allows). Received: cycle_momentum=True"
-            )
-        if cycle:
-            self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
+        self._cycle = self.cycle_momentum
+        if self._cycle == "auto":
+            self._cycle = _optimizer.has_momentum(self.model.optimizer)
         self._cycles = None
 
     def _make_cycles(self) -> list:
@@ -185,6 +178,8 @@ class OneCycle(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if self._cycles is None:
             self._cycles = self._make_cycles()
+            if self._cycle:  # here, once ProgressiveUnfreezing has the optimizer it keeps
+                self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
         self._epoch = epoch
         if self.verbose:
             print(f"Epoch {epoch + 1}: OneCycle starts the epoch at learning rate {self.values(epoch, 0)[0]:.4g}.")
