@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import keras
@@ -25,6 +26,19 @@ def _as_tuple(value, argument: str) -> tuple:
         f"`{argument}` must be a number or a sequence of numbers. "
         f"Received: {argument}={value!r}"
     )
+
+
+def _dropout(rate: float, name: str) -> keras.layers.Dropout:
+    """A Dropout with a seed of its own, drawn as Keras draws one for `seed=None`.
+
+    The same draw from Python's `random` (which `keras.utils.set_random_seed`
+    seeds), so nothing changes on TensorFlow and JAX. On PyTorch an unseeded
+    Dropout draws its masks from torch's global generator, which no backup
+    holds: a run resumed by `BackupAndRestore` would draw other masks than
+    the uninterrupted one. A seeded one draws from its own seed state, a
+    variable the backup restores.
+    """
+    return keras.layers.Dropout(rate, seed=random.randint(1, int(1e9)), name=name)
 
 
 def _check_arguments(num_classes, hidden_units, dropout, pooling):
@@ -174,10 +188,10 @@ def build_classifier(
     x = _pool(base_model(inputs), pooling)
     for index, (units, rate) in enumerate(zip(hidden_units, dropout)):
         if rate:
-            x = keras.layers.Dropout(rate, name=f"head_dropout_{index}")(x)
+            x = _dropout(rate, f"head_dropout_{index}")(x)
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{index}")(x)
     if dropout[-1]:
-        x = keras.layers.Dropout(dropout[-1], name=f"head_dropout_{len(hidden_units)}")(x)
+        x = _dropout(dropout[-1], f"head_dropout_{len(hidden_units)}")(x)
     outputs = keras.layers.Dense(
         num_classes, activation=activation, dtype="float32", name="head_output"
     )(x)

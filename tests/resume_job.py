@@ -29,9 +29,10 @@ from keras_finetune.callbacks import (  # noqa: E402
     EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, StepLR,
 )
 from keras_finetune.callbacks.backup import resumed_epoch  # noqa: E402
-from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states  # noqa: E402
+from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed  # noqa: E402
 from keras_finetune.heads import build_classifier  # noqa: E402
 from keras_finetune.layers import image_augmentation  # noqa: E402
+from keras_finetune.layers.data_layer import pipeline_seed_states  # noqa: E402
 
 EPOCHS, BATCH, SEED = 6, 8, 0
 RNG = np.random.default_rng(0)
@@ -56,7 +57,7 @@ def base() -> keras.Model:
 def epoch_batches(augmented: bool):
     """`epoch -> that epoch's batches`: its order and its augmentation draws depend on (SEED, epoch) alone."""
     augment = image_augmentation(flip="horizontal", rotation=None, zoom=0.1, translation=0.1, hue=None, saturation=None, seed=SEED)
-    states = seed_states(augment)
+    states = pipeline_seed_states(augment)
 
     @tf.autograph.experimental.do_not_convert
     def batches(epoch):

@@ -12,6 +12,7 @@ import pytest
 
 JOB = Path(__file__).with_name("resume_job.py")
 BATCHES = 36  # 6 epochs of 6 batches
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 
 def job(part, backup, weights, *stop):
