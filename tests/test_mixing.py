@@ -5,9 +5,9 @@ import tensorflow as tf
 from scipy import stats
 
 from keras_finetune.layers import CutMix, MixUp, MixUpOrCutMix
-from conftest import numpy
+from conftest import dtype_of, numpy
 
-BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 MIXERS = [
     lambda **kw: MixUp(alpha=1.0, **kw),
@@ -255,7 +255,7 @@ def test_uint8_mixup_returns_float32_in_the_original_range():
     out_images, _ = as_numpy(MixUp(num_classes=2, seed=0)(images, np.arange(4) % 2))
     assert out_images.dtype == np.float32
     assert out_images.min() >= 10 - 1e-4 and out_images.max() <= 200 + 1e-4
-    assert MixUpOrCutMix(num_classes=2)(images, np.arange(4) % 2)[0].dtype == "float32"
+    assert dtype_of(MixUpOrCutMix(num_classes=2)(images, np.arange(4) % 2)[0]) == "float32"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -263,8 +263,8 @@ def test_uint8_mixup_returns_float32_in_the_original_range():
 def test_half_precision_images_keep_their_dtype(make, dtype):
     images, labels = indexed_batch(8)
     out_images, out_labels = make(num_classes=8, seed=1)(tf.cast(images, dtype), labels)
-    assert out_images.dtype == dtype
-    assert out_labels.dtype == "float32"
+    assert dtype_of(out_images) == dtype
+    assert dtype_of(out_labels) == "float32"
     np.testing.assert_allclose(
         numpy(out_images).astype("float32").mean(axis=(1, 2, 3)), numpy(out_labels) @ np.arange(8.0), atol=0.1
     )

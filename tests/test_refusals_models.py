@@ -12,7 +12,7 @@ from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUp
 from keras_finetune.models import Distiller, MixingModel
 
-BACKENDS = ("tensorflow", "jax")  # see conftest.py; on PyTorch its array and dtype comparisons need porting
+BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(16, 8, 8, 1)).astype("float32")
@@ -49,6 +49,11 @@ def test_distiller_refuses_empty_data_before_the_first_step():
         distiller().fit(IMAGES, IDS, validation_data=(IMAGES[:0], IDS[:0]), epochs=1, verbose=0)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="Keras 3.15.1's tf_saved_model export fails on PyTorch 2.13 for a plain Sequential too "
+    "(torch.export: the structure of `inputs` and `dynamic_shapes` differ)",
+)
 def test_distiller_and_mixing_model_export_what_serves(tmp_path):
     model = distiller()
     model.fit(IMAGES, IDS, epochs=1, verbose=0)
