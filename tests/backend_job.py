@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_finetune import fine_tune, lr_find, tta_predict  # noqa: E402
+from keras_finetune import lr_find  # noqa: E402
 from keras_finetune.callbacks import (  # noqa: E402
     EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing, StepLR, StopMixing, update_batchnorm,
 )
@@ -189,6 +189,8 @@ def recipe(classifier, base) -> dict:
 
     Pixels in [0, 1] keep the softmax off saturation: there TensorFlow's loss alone recovers the logits.
     """
+    from keras_finetune import fine_tune  # its pipeline is tf.data: imported by the parts that need TensorFlow alone
+
     pixels = np.clip(IMAGES * 0.25 + 0.5, 0.0, 1.0)
     history = fine_tune(
         classifier, (pixels, LABELS), validation_data=(pixels[:16], LABELS[:16]), base_model=base, epochs=4,
@@ -200,6 +202,8 @@ def recipe(classifier, base) -> dict:
 
 def augmentation(classifier, base) -> dict:
     """tta_predict (its views drawn in a tf.data map), and image_augmentation inside a model on the backend's ops."""
+    from keras_finetune import tta_predict
+
     pixels = np.clip(IMAGES * 60.0 + 100.0, 0.0, 255.0)
     views = tta_predict(classifier, pixels[:12] / 255.0, n=4, beta=0.25, seed=1, batch_size=5)
     augment = image_augmentation(6, 6, rotation=10.0, hue=None, saturation=None, seed=2)
@@ -224,6 +228,44 @@ PARTS = {
     "fine_tune": recipe,
     "augmentation": augmentation,
 }
+
+
+# The parts whose training and data need no TensorFlow (benchmarks/gpu.py runs them where none is installed).
+WITHOUT_TENSORFLOW = ("batchnorm", "distiller", "ema", "mixing_model", "one_cycle", "schedules", "swa", "unfreezing")
+
+
+def write_start_weights(path) -> None:
+    """The weights every run starts from, drawn here since backends' initialisers do not draw alike."""
+    classifier, _ = model()
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0.0, 0.3, w.shape).astype(w.dtype) for w in classifier.get_weights()]
+    for index, variable in enumerate(classifier.weights):
+        if "moving_variance" in variable.path:  # statistics a pretrained base could have
+            weights[index] = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
+    np.savez(path, **{f"w{index}": w for index, w in enumerate(weights)})
+
+
+def check_equal(part: str, start_weights: str, results: dict, reference: str, rtol=2e-4, atol=2e-5) -> None:
+    """Each run of `part` in `results` (`{label: stored}`) ends where the `reference` run does, which did train."""
+    expected = results[reference]
+    with np.load(start_weights) as stored:
+        start = [stored[f"w{index}"] for index in range(len(stored.files))]
+    moved = [index for index, w in enumerate(start) if not np.allclose(expected[f"w{index}"], w)]
+    if part == "finder":  # the LR range test puts every weight back; its losses are what it gives
+        assert not moved and np.ptp(expected["losses"]) > 0.01
+    elif part in ("crop", "mixing", "augmentation"):  # no training: the layers' outputs are what they give
+        assert not moved and expected.get("boxes_inside", np.ones(1)).all() and expected.get("drawn_in_range", np.ones(1)).all()
+    elif part.startswith("distiller"):  # the teacher is frozen; the student learns
+        assert not moved and np.ptp(expected["log_distillation_loss"]) > 0
+    else:
+        assert moved, f"{part} changed no weight: the comparison would prove nothing"
+    if part == "mixing_model":  # 2 epochs of 6 steps, each drawing anew
+        assert expected["seed_state"][1] > 0
+    for label, other in results.items():
+        assert sorted(other) == sorted(expected)
+        for key in expected:
+            if key != "backend":
+                np.testing.assert_allclose(other[key], expected[key], rtol=rtol, atol=atol, err_msg=f"{part}: {key} on {label}")
 
 
 def run(part: str, weights_in: str, result_out: str) -> None:

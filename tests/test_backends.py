@@ -12,33 +12,29 @@ import sys
 
 import numpy as np
 import pytest
-from backend_job import PARTS, model
+import backend_job
+from backend_job import PARTS, write_start_weights
 
 JOB = os.path.join(os.path.dirname(__file__), "backend_job.py")
+WITHOUT_TENSORFLOW = os.path.join(os.path.dirname(__file__), "without_tensorflow.py")
 OTHERS = [name for name in ("jax", "torch") if importlib.util.find_spec(name) is not None]
 
 
 @pytest.fixture(scope="module")
 def start_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("backends") / "start.npz"
-    classifier, _ = model()
-    rng = np.random.default_rng(1)
-    weights = [rng.normal(0.0, 0.3, w.shape).astype(w.dtype) for w in classifier.get_weights()]
-    for index, variable in enumerate(classifier.weights):
-        if "moving_variance" in variable.path:  # statistics a pretrained base could have
-            weights[index] = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
-    np.savez(path, **{f"w{index}": w for index, w in enumerate(weights)})
+    write_start_weights(path)
     return str(path)
 
 
-def run_on(backends: list, parts: list, start: str, directory, extra: dict | None = None) -> dict:
+def run_on(backends: list, parts: list, start: str, directory, extra: dict | None = None, runner: tuple = ()) -> dict:
     """`{backend: {part: results}}`: one process per backend runs every part, the backends side by side."""
     runs = {}
     for name in backends:
         out = directory / name
         out.mkdir()
         environment = {**os.environ, "KERAS_BACKEND": name, **(extra or {}).get(name, {})}
-        command = [sys.executable, JOB, ",".join(parts), start, str(out)]
+        command = [sys.executable, *runner, JOB, ",".join(parts), start, str(out)]
         runs[name] = (out, subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True))
     results = {}
     for name, (out, process) in runs.items():
@@ -63,28 +59,19 @@ def test_part_equals_tensorflow(part, start_weights, every_part):
 
 
 def check_equal(part: str, start_weights: str, results: dict) -> None:
-    reference = results["tensorflow"]
-    assert str(reference["backend"]) == "tensorflow"
-    with np.load(start_weights) as stored:
-        start = [stored[f"w{index}"] for index in range(len(stored.files))]
-    moved = [index for index, w in enumerate(start) if not np.allclose(reference[f"w{index}"], w)]
-    if part == "finder":  # the LR range test puts every weight back; its losses are what it gives
-        assert not moved and np.ptp(reference["losses"]) > 0.01
-    elif part in ("crop", "mixing", "augmentation"):  # no training: the layers' outputs are what they give
-        assert not moved and reference.get("boxes_inside", np.ones(1)).all() and reference.get("drawn_in_range", np.ones(1)).all()
-    elif part.startswith("distiller"):  # the teacher is frozen; the student learns
-        assert not moved and np.ptp(reference["log_distillation_loss"]) > 0
-    else:
-        assert moved, f"{part} changed no weight: the comparison would prove nothing"
-    if part == "mixing_model":  # 2 epochs of 6 steps, each drawing anew
-        assert reference["seed_state"][1] > 0
-    for name in results:
-        other = results[name]
-        assert str(other["backend"]) == name
-        assert sorted(other) == sorted(reference)
-        for key in reference:
-            if key != "backend":
-                np.testing.assert_allclose(other[key], reference[key], rtol=2e-4, atol=2e-5, err_msg=f"{part}: {key} on {name}")
+    """`results` maps each backend to its run of `part`; TensorFlow's is the reference."""
+    for name, stored in results.items():
+        assert str(stored["backend"]) == name
+    backend_job.check_equal(part, start_weights, results, reference="tensorflow")
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")
+def test_jax_without_tensorflow_installed_trains_every_part_that_needs_no_pipeline(start_weights, every_part, tmp_path):
+    """As on a GPU machine with JAX alone (benchmarks/gpu.py): the callbacks, the Distiller and MixingModel."""
+    parts = list(backend_job.WITHOUT_TENSORFLOW)
+    alone = run_on(["jax"], parts, start_weights, tmp_path, runner=(WITHOUT_TENSORFLOW,))["jax"]
+    for part in parts:
+        check_equal(part, start_weights, {"tensorflow": every_part["tensorflow"][part], "jax": alone[part]})
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed")

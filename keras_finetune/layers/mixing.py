@@ -58,6 +58,19 @@ def _is_integer(dtype) -> bool:
     return "int" in str(dtype)
 
 
+class _Switch:
+    """`enabled` where TensorFlow is not installed: the on/off value, with the variable's `assign` and `numpy`."""
+
+    def __init__(self, value: bool):
+        self.value = bool(value)
+
+    def assign(self, value) -> None:
+        self.value = bool(value)
+
+    def numpy(self) -> np.bool_:
+        return np.bool_(self.value)
+
+
 class _Mixing(DataLayer):
     """Input handling, label preparation, the on/off switch and config of the mixing layers."""
 
@@ -68,13 +81,16 @@ class _Mixing(DataLayer):
         super().__init__(**kwargs)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
-        import tensorflow as tf
-
         self.num_classes = _check_num_classes(num_classes)
         self.label_smoothing = check_fraction(label_smoothing, "label_smoothing", below_one=True)
         self.data_format = check_data_format(data_format)
-        # A TensorFlow variable on every backend: a pipeline's graph reads it on every batch. Not a weight.
-        self.enabled = tf.Variable(True, trainable=False, name="mixing_enabled")
+        try:
+            import tensorflow as tf
+        except ImportError:  # JAX or PyTorch alone: no pipeline can read the switch, only a traced step
+            self.enabled = _Switch(True)
+        else:
+            # A TensorFlow variable on every backend: a pipeline's graph reads it on every batch. Not a weight.
+            self.enabled = tf.Variable(True, trainable=False, name="mixing_enabled")
         # Set when a pipeline or a model first calls the layer (at trace time): StopMixing checks it.
         self.used = False
         self.built = True
