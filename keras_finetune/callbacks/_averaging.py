@@ -57,7 +57,7 @@ class WeightAverage:
         ]
         # Updates each weight took part in; sets left out because a weight was not finite (equal average).
         self.counts = keras.Variable(np.zeros(len(self.variables), "float32"), trainable=False)
-        self.skipped = keras.Variable(0.0, trainable=False)
+        self.skipped = keras.Variable(np.zeros((), "float32"), trainable=False)  # not weakly typed: JAX would trace again
         # Which weights join the average at the next update (with every weight that joined before).
         self.live = keras.Variable(np.ones(len(self.variables), bool), trainable=False)
         self.last_epoch = -1
@@ -79,7 +79,7 @@ class WeightAverage:
         for average, variable in zip(self.averages, self.variables):
             average.assign(_copy(variable, average.dtype))
         self.counts.assign(np.zeros(self.counts.shape, "float32"))
-        self.skipped.assign(0.0)
+        self.skipped.assign(np.zeros((), "float32"))
         self.last_epoch = -1
 
     def _rates(self, counts):
@@ -96,7 +96,9 @@ class WeightAverage:
         weights = [keras.ops.cast(w, a.dtype) for w, a in zip(values[3 + len(self.averages) :], averages)]
         joins = keras.ops.logical_or(live, counts > 0)
         if self.decay is None:  # whole sets: one weight not finite leaves the set out
-            finite = keras.ops.all(keras.ops.stack([keras.ops.all(keras.ops.isfinite(w)) for w in weights]))
+            # One reduction over every element: a reduction per weight, stacked, took XLA 17 s to compile
+            # for MobileNetV3Small's 210 weights on 2 CPU cores (JAX), against 3 s for this.
+            finite = keras.ops.all(keras.ops.isfinite(keras.ops.concatenate([keras.ops.reshape(w, (-1,)) for w in weights])))
             joins = keras.ops.logical_and(joins, finite)
             skipped = skipped + keras.ops.cast(keras.ops.logical_not(finite), "float32")
         rates = self._rates(counts)
@@ -125,7 +127,7 @@ class WeightAverage:
     def take_skipped(self) -> int:
         """Updates left out since the last call."""
         skipped = int(self.skipped.numpy())
-        self.skipped.assign(0.0)
+        self.skipped.assign(np.zeros((), "float32"))
         return skipped
 
     def broken(self) -> list:
