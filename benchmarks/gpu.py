@@ -1,0 +1,257 @@
+"""The JAX backend on an accelerator, where TensorFlow is not installed: checks and throughput.
+
+A GPU machine often has JAX and its CUDA libraries but neither Keras nor
+TensorFlow, and no package registry: bring keras and its pure-Python
+dependencies as wheels (benchmarks/RESULTS.md gives the command used), put
+this repository on `PYTHONPATH`, and run
+
+    KERAS_BACKEND=jax python benchmarks/gpu.py [--quick] [--rounds 5]
+
+Nothing here imports TensorFlow. The parts:
+
+1. Checks: the parts of `tests/backend_job.py` that need no `tf.data`
+   pipeline (`WITHOUT_TENSORFLOW`: unfreezing, SWA, EMA, one-cycle, the
+   epoch schedules, BatchNorm statistics, the Distiller, MixingModel) train
+   the same small model from the same weights on the default device and, in
+   a second process, on the CPU (`JAX_PLATFORMS=cpu`), each with TensorFlow
+   made unimportable (`tests/without_tensorflow.py`); every weight and log
+   must agree (`check_equal`, rtol 2e-4). Both run float32 matrix products
+   at "highest" precision, so that the GPU's TF32 does not enter.
+2. Fit: `keras.applications.MobileNetV3Small` (`weights=None`) under
+   `build_classifier`'s head, on arrays: images/s of a bare `fit` against
+   the same `fit` with what `fine_tune` adds to it (`ProgressiveUnfreezing`
+   with the base frozen for the first quarter, `CosineAnnealing` with
+   warm-up, `SWA` over the last quarter), and with `EMA` at every step.
+   `fine_tune` itself builds a `tf.data` pipeline, so it needs TensorFlow;
+   what it runs on the device is this.
+3. Mixing: `MixingModel(classifier, MixUpOrCutMix(...))` on arrays, mixing
+   on the device, against the same classifier fed batches mixed in numpy by
+   a `keras.utils.PyDataset` (the `tf.data`-free input a JAX user writes).
+4. Crop: a small network with `RandomResizedCrop` in front, trained, against
+   the same network with `keras.layers.Resizing` there (one bilinear resize
+   of the whole image, the crop's floor).
+
+The fits run `--rounds` + 2 epochs each, timed from the third (the first
+two trace); mixing and crop run interleaved, `--rounds` epochs each after an
+untimed one. Printed: median images/s and the ratio to the reference. `--quick` runs
+everything on tiny sizes (a smoke test, for the CPU).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_finetune.callbacks import EMA, SWA, CosineAnnealing, ProgressiveUnfreezing  # noqa: E402
+from keras_finetune.heads import build_classifier  # noqa: E402
+from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop  # noqa: E402
+from keras_finetune.models import MixingModel  # noqa: E402
+
+from timing import EpochTimer  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+import backend_job  # noqa: E402
+
+CLASSES = 10
+
+
+def device() -> str:
+    import jax
+
+    first = jax.devices()[0]
+    return f"{first.device_kind} ({first.platform}, {len(jax.devices())} device(s)), jax {jax.__version__}, keras {keras.__version__}"
+
+
+def checks() -> None:
+    """backend_job's pipeline-free parts on the default device and on the CPU, compared."""
+    parts = list(backend_job.WITHOUT_TENSORFLOW)
+    with tempfile.TemporaryDirectory() as directory:
+        start = Path(directory) / "start.npz"
+        backend_job.write_start_weights(start)
+        results, seconds = {}, {}
+        for label, extra in (("default device", {}), ("cpu", {"JAX_PLATFORMS": "cpu"})):
+            out = Path(directory) / label.replace(" ", "_")
+            out.mkdir()
+            environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_DEFAULT_MATMUL_PRECISION": "highest", **extra}
+            began = time.perf_counter()
+            # Through without_tensorflow.py: the parts must not need it, wherever this runs.
+            command = [sys.executable, str(TESTS / "without_tensorflow.py"), str(TESTS / "backend_job.py"), ",".join(parts), str(start), str(out)]
+            subprocess.run(command, env=environment, check=True)
+            seconds[label] = time.perf_counter() - began
+            results[label] = {}
+            for part in parts:
+                with np.load(out / f"{part}.npz") as stored:
+                    results[label][part] = {key: stored[key] for key in stored.files}
+        failed = []
+        for part in parts:
+            try:
+                backend_job.check_equal(part, str(start), {label: results[label][part] for label in results}, reference="cpu")
+            except AssertionError as error:
+                failed.append(part)
+                print(f"  {part}: differs\n{error}")
+        print(f"  {len(parts) - len(failed)} of {len(parts)} parts equal on the default device and the CPU "
+              f"({', '.join(parts)}); {seconds['default device']:.0f} s and {seconds['cpu']:.0f} s")
+        if failed:
+            raise SystemExit(f"parts that differ: {failed}")
+
+
+def images(count: int, size: int, seed: int = 0) -> tuple:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (count, size, size, 3)).astype("float32"), rng.integers(0, CLASSES, count).astype("int32")
+
+
+def mobilenet(size: int) -> tuple:
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV3Small(input_shape=(size, size, 3), include_top=False, weights=None)
+    return build_classifier(base, CLASSES), base
+
+
+def interleaved(fits: dict, rounds: int, count: int) -> dict:
+    """Median images/s of each `fit(callbacks, epochs)`: one untimed epoch each, then one epoch each in turn."""
+    for fit in fits.values():
+        fit(1)
+    seconds = {name: [] for name in fits}
+    for _ in range(rounds):
+        for name, fit in fits.items():
+            began = time.perf_counter()
+            fit(1)
+            seconds[name].append(time.perf_counter() - began)
+    return {name: count / float(np.median(values)) for name, values in seconds.items()}
+
+
+def print_rates(rates: dict, reference: str) -> None:
+    width = max(map(len, rates))
+    for name, rate in rates.items():
+        print(f"  {name:{width}s} {rate:9.1f} img/s  ratio to {reference} {rate / rates[reference]:.3f}")
+
+
+def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
+    """A bare fit, the same fit with fine_tune's callbacks, and with EMA every step: one fit of each."""
+    x, y = images(count, size)
+    epochs = rounds + 2
+
+    def rate(callbacks_for) -> float:
+        """Images/s: the median epoch after the first two (the first traces, the second unfreezes and traces again)."""
+        classifier, base = mobilenet(size)
+        classifier.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        timer = EpochTimer()
+        classifier.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[*callbacks_for(base), timer])
+        return count / float(np.median(timer.seconds[2:]))
+
+    def recipe(base) -> list:
+        """fine_tune's schedule: frozen, then unfrozen at a tenth of the rate, cosine with warm-up, SWA at the end."""
+        return [
+            ProgressiveUnfreezing(base, {0: 0, 1: "all"}, {0: 1e-3, 1: 1e-4}),
+            CosineAnnealing(t_max=epochs, warmup_epochs=1), SWA(start_epoch=epochs - 1),
+        ]
+
+    rates = {
+        "bare fit": rate(lambda base: []),
+        "fit with fine_tune's callbacks": rate(recipe),
+        "fit with EMA every step": rate(lambda base: [EMA(0.999)]),
+    }
+    print_rates(rates, "bare fit")
+
+
+class NumpyMixed(keras.utils.PyDataset):
+    """Batches mixed in numpy, timm's batch mode: MixUp or CutMix per batch, one λ per sample."""
+
+    def __init__(self, x, y, batch: int, seed: int = 0):
+        super().__init__()
+        self.x, self.y, self.batch = x, np.eye(CLASSES, dtype="float32")[y], batch
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.x) // self.batch
+
+    def __getitem__(self, index):
+        x = self.x[index * self.batch:(index + 1) * self.batch]
+        y = self.y[index * self.batch:(index + 1) * self.batch]
+        partners = self.rng.permutation(len(x))
+        if self.rng.random() < 0.5:  # MixUp
+            lam = self.rng.beta(0.2, 0.2, len(x)).astype("float32")
+            return (lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partners],
+                    lam[:, None] * y + (1 - lam[:, None]) * y[partners])
+        height, width = x.shape[1:3]  # CutMix
+        lam = self.rng.beta(1.0, 1.0, len(x))
+        cut_h, cut_w = (np.sqrt(1 - lam) * height).astype(int), (np.sqrt(1 - lam) * width).astype(int)
+        centre_y, centre_x = self.rng.integers(0, height, len(x)), self.rng.integers(0, width, len(x))
+        y1, x1 = np.clip(centre_y - cut_h // 2, 0, height), np.clip(centre_x - cut_w // 2, 0, width)
+        y2, x2 = np.clip(centre_y - cut_h // 2 + cut_h, 0, height), np.clip(centre_x - cut_w // 2 + cut_w, 0, width)
+        rows, cols = np.arange(height), np.arange(width)
+        inside = ((rows[None, :, None] >= y1[:, None, None]) & (rows[None, :, None] < y2[:, None, None])
+                  & (cols[None, None, :] >= x1[:, None, None]) & (cols[None, None, :] < x2[:, None, None]))
+        kept = (1 - inside.mean(axis=(1, 2))).astype("float32")
+        return np.where(inside[..., None], x[partners], x), kept[:, None] * y + (1 - kept[:, None]) * y[partners]
+
+
+def mixing(size: int, count: int, batch: int, rounds: int) -> None:
+    """MixingModel mixing on the device against batches mixed in numpy."""
+    x, y = images(count, size)
+    on_device, _ = mobilenet(size)
+    trainer = MixingModel(on_device, MixUpOrCutMix(num_classes=CLASSES, seed=0))
+    trainer.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    in_numpy, _ = mobilenet(size)
+    in_numpy.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    batches = NumpyMixed(x, y, batch)
+    rates = interleaved({
+        "batches mixed in numpy": lambda epochs: in_numpy.fit(batches, epochs=epochs, verbose=0),
+        "MixingModel, mixed on device": lambda epochs: trainer.fit(x, y, batch_size=batch, epochs=epochs, verbose=0),
+    }, rounds, len(batches) * batch)
+    print_rates(rates, "batches mixed in numpy")
+
+
+def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
+    """A small network behind RandomResizedCrop against the same behind a plain resize."""
+    x, y = images(count, size)
+
+    def network(front):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((size, size, 3)), front, keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(CLASSES),
+        ])
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return lambda epochs: model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
+
+    rates = interleaved({
+        "Resizing (floor)": network(keras.layers.Resizing(out, out)),
+        "RandomResizedCrop": network(RandomResizedCrop(out, out, seed=0)),
+    }, rounds, count)
+    print_rates(rates, "Resizing (floor)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-checks", action="store_true")
+    args = parser.parse_args()
+    if keras.backend.backend() != "jax":
+        raise SystemExit(f"benchmarks/gpu.py runs on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
+    size, count, batch = (32, 64, 16) if args.quick else (224, 2048, 128)
+    print(device())
+    if not args.skip_checks:
+        print("Checks: the pipeline-free parts, default device against CPU")
+        checks()
+    print(f"Fit: MobileNetV3Small, {count} images {size}x{size}x3, batches of {batch}, {args.rounds} rounds")
+    fit_parts(size, count, batch, args.rounds)
+    print("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
+    mixing(size, count, batch, args.rounds)
+    crop_size, crop_out = (40, 32) if args.quick else (256, 224)
+    print(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
+    crop(crop_size, crop_out, count, batch, args.rounds)
+    print("TensorFlow imported:", "tensorflow" in sys.modules)
+
+
+if __name__ == "__main__":
+    main()
