@@ -86,7 +86,7 @@ def main():
             seconds[name] += times[1:]
             unfrozen[name] += [t for t, full in zip(times[1:], trains_base[1:]) if full]
     print(f"MobileNetV3Small 96x96, {IMAGES} images, batch {BATCH}, {args.rounds} rounds of {args.epochs} epochs "
-          f"({tf.config.list_physical_devices()[-1].device_type})")
+          f"({tf.config.list_physical_devices()[-1].device_type}, {keras.backend.backend()} backend)")
     reference = np.median(seconds["bare fit"])
     for name in seconds:
         every, full = np.median(seconds[name]), np.median(unfrozen[name])
