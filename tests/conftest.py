@@ -37,6 +37,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="a module of TensorFlow-only tests (tf.data, tf.distribute, its errors)"))
 
 
+needs_multi_optimizer = pytest.mark.skipif(
+    not hasattr(keras.optimizers, "MultiOptimizer"), reason="keras.optimizers.MultiOptimizer needs Keras 3.15"
+)
+
 def numpy(tensor):
     """A backend tensor or variable as a numpy array."""
     return np.asarray(keras.ops.convert_to_numpy(tensor))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fresh_process
+from conftest import fresh_process, needs_multi_optimizer
 
 from keras_finetune import backend
 from keras_finetune.callbacks import CosineAnnealing, OneCycle, ProgressiveUnfreezing
@@ -172,6 +172,7 @@ def test_one_cycle_over_phases_takes_each_phase_rate_as_its_peak():
     np.testing.assert_allclose(rates, torch_one_cycle(20, 0.01)[0], rtol=1e-5)
 
 
+@needs_multi_optimizer
 def test_a_multi_optimizer_keeps_its_ratio_and_cycles_every_beta_1():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))

@@ -4,7 +4,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import fresh_process, make_base, snapshot
+from conftest import fresh_process, make_base, needs_multi_optimizer, snapshot
 
 from keras_finetune.callbacks import CosineAnnealing, ProgressiveUnfreezing
 from keras_finetune.heads import build_classifier
@@ -12,9 +12,7 @@ from keras_finetune.optimizers import discriminative_optimizer, layer_decay_opti
 
 BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(keras.optimizers, "MultiOptimizer"), reason="keras.optimizers.MultiOptimizer needs Keras 3.15"
-)
+pytestmark = needs_multi_optimizer
 
 
 def make_model(optimizer="adam", strategy=None):

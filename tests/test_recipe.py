@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Snapshots, changed, make_base, snapshot, with_statistics
+from conftest import Snapshots, changed, make_base, needs_multi_optimizer, snapshot, with_statistics
 
 from keras_finetune import fine_tune
 from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, StepLR, update_batchnorm
@@ -351,6 +351,7 @@ def test_ema_puts_the_average_of_every_step_in_the_model(data):
     assert not np.allclose(model.get_layer("head_output").kernel.numpy(), steps.weights[-1][-2])
 
 
+@needs_multi_optimizer
 def test_layer_decay_gives_each_block_its_rate(data):
     history = fine_tune(
         base_weights(), data, num_classes=4, epochs=2, frozen_epochs=1, learning_rate=1e-3, layer_decay=0.5,

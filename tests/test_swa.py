@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Snapshots, make_base, mixed_float16
+from conftest import Snapshots, make_base, mixed_float16, needs_multi_optimizer
 
 from keras_finetune.callbacks import SWA, CosineAnnealing, ProgressiveUnfreezing, StepLR
 from keras_finetune.heads import build_classifier
@@ -157,9 +157,8 @@ def test_phases_starting_inside_the_swa_window_leave_the_rate_alone(images, int_
     assert history.history["trainable_params"][4] > history.history["trainable_params"][3]
 
 
+@needs_multi_optimizer
 def test_swa_lr_with_a_multi_optimizer_keeps_the_ratios(images, int_labels):
-    if not hasattr(keras.optimizers, "MultiOptimizer"):
-        pytest.skip("keras.optimizers.MultiOptimizer needs Keras 3.15")
     keras.utils.set_random_seed(0)
     base = make_base()
     model = build_classifier(base, 3, hidden_units=(), dropout=0.0)
