@@ -20,8 +20,9 @@ Nothing here imports TensorFlow. The parts:
 2. Fit: `keras.applications.MobileNetV3Small` (`weights=None`) under
    `build_classifier`'s head, on arrays: images/s of a bare `fit` against
    the same `fit` with what `fine_tune` adds to it (`ProgressiveUnfreezing`
-   with the base frozen for the first quarter, `CosineAnnealing` with
-   warm-up, `SWA` over the last quarter), and with `EMA` at every step.
+   with the base frozen for the first epoch, `CosineAnnealing` with
+   warm-up, `SWA` averaging every later epoch), and with `EMA` at every
+   step.
    `fine_tune` itself builds a `tf.data` pipeline, so it needs TensorFlow;
    what it runs on the device is this.
 3. Mixing: `MixingModel(classifier, MixUpOrCutMix(...))` on arrays, mixing
@@ -32,8 +33,8 @@ Nothing here imports TensorFlow. The parts:
    of the whole image, the crop's floor).
 
 The fits run `--rounds` + 2 epochs each, timed from the third (the first
-two trace); mixing and crop run interleaved, `--rounds` epochs each after an
-untimed one. Printed: median images/s and the ratio to the reference. `--quick` runs
+two trace); mixing and crop run interleaved (`timing.interleaved_epochs`),
+`--rounds` epochs each after an untimed one. Printed: median images/s and the ratio to the reference. `--quick` runs
 everything on tiny sizes (a smoke test, for the CPU).
 """
 
@@ -55,7 +56,7 @@ from keras_finetune.heads import build_classifier  # noqa: E402
 from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop  # noqa: E402
 from keras_finetune.models import MixingModel  # noqa: E402
 
-from timing import EpochTimer  # noqa: E402
+from timing import EpochTimer, interleaved_epochs  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
@@ -115,20 +116,9 @@ def mobilenet(size: int) -> tuple:
     return build_classifier(base, CLASSES), base
 
 
-def interleaved(fits: dict, rounds: int, count: int) -> dict:
-    """Median images/s of each `fit(callbacks, epochs)`: one untimed epoch each, then one epoch each in turn."""
-    for fit in fits.values():
-        fit(1)
-    seconds = {name: [] for name in fits}
-    for _ in range(rounds):
-        for name, fit in fits.items():
-            began = time.perf_counter()
-            fit(1)
-            seconds[name].append(time.perf_counter() - began)
-    return {name: count / float(np.median(values)) for name, values in seconds.items()}
-
-
-def print_rates(rates: dict, reference: str) -> None:
+def print_rates(seconds: dict, count: int, reference: str) -> None:
+    """Images/s of each entry's median epoch of `count` images, and its ratio to `reference`'s."""
+    rates = {name: count / median for name, median in seconds.items()}
     width = max(map(len, rates))
     for name, rate in rates.items():
         print(f"  {name:{width}s} {rate:9.1f} img/s  ratio to {reference} {rate / rates[reference]:.3f}")
@@ -139,27 +129,29 @@ def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
     x, y = images(count, size)
     epochs = rounds + 2
 
-    def rate(callbacks_for) -> float:
-        """Images/s: the median epoch after the first two (the first traces, the second unfreezes and traces again)."""
+    def median_epoch(callbacks_for) -> float:
+        """Seconds: the median epoch after the first two (the first traces; the second unfreezes, traces again and
+        compiles SWA's update)."""
         classifier, base = mobilenet(size)
         classifier.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
         timer = EpochTimer()
         classifier.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[*callbacks_for(base), timer])
-        return count / float(np.median(timer.seconds[2:]))
+        return float(np.median(timer.seconds[2:]))
 
     def recipe(base) -> list:
-        """fine_tune's schedule: frozen, then unfrozen at a tenth of the rate, cosine with warm-up, SWA at the end."""
+        """fine_tune's parts: frozen, then unfrozen at a tenth of the rate, cosine with warm-up, SWA."""
         return [
             ProgressiveUnfreezing(base, {0: 0, 1: "all"}, {0: 1e-3, 1: 1e-4}),
-            CosineAnnealing(t_max=epochs, warmup_epochs=1), SWA(start_epoch=epochs - 1),
+            # SWA from the unfrozen epoch on: its update compiles in an epoch left out of the timing, as the unfreezing's trace.
+            CosineAnnealing(t_max=epochs, warmup_epochs=1), SWA(start_epoch=1),
         ]
 
-    rates = {
-        "bare fit": rate(lambda base: []),
-        "fit with fine_tune's callbacks": rate(recipe),
-        "fit with EMA every step": rate(lambda base: [EMA(0.999)]),
+    seconds = {
+        "bare fit": median_epoch(lambda base: []),
+        "fit with fine_tune's callbacks": median_epoch(recipe),
+        "fit with EMA every step": median_epoch(lambda base: [EMA(0.999)]),
     }
-    print_rates(rates, "bare fit")
+    print_rates(seconds, count, "bare fit")
 
 
 class NumpyMixed(keras.utils.PyDataset):
@@ -203,11 +195,11 @@ def mixing(size: int, count: int, batch: int, rounds: int) -> None:
     in_numpy, _ = mobilenet(size)
     in_numpy.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
     batches = NumpyMixed(x, y, batch)
-    rates = interleaved({
-        "batches mixed in numpy": lambda epochs: in_numpy.fit(batches, epochs=epochs, verbose=0),
-        "MixingModel, mixed on device": lambda epochs: trainer.fit(x, y, batch_size=batch, epochs=epochs, verbose=0),
-    }, rounds, len(batches) * batch)
-    print_rates(rates, "batches mixed in numpy")
+    seconds = interleaved_epochs({
+        "batches mixed in numpy": lambda callbacks: in_numpy.fit(batches, verbose=0, callbacks=callbacks),
+        "MixingModel, mixed on device": lambda callbacks: trainer.fit(x, y, batch_size=batch, verbose=0, callbacks=callbacks),
+    }, rounds)
+    print_rates(seconds, len(batches) * batch, "batches mixed in numpy")
 
 
 def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
@@ -221,13 +213,13 @@ def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(CLASSES),
         ])
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return lambda epochs: model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
+        return lambda callbacks: model.fit(x, y, batch_size=batch, verbose=0, callbacks=callbacks)
 
-    rates = interleaved({
+    seconds = interleaved_epochs({
         "Resizing (floor)": network(keras.layers.Resizing(out, out)),
         "RandomResizedCrop": network(RandomResizedCrop(out, out, seed=0)),
-    }, rounds, count)
-    print_rates(rates, "Resizing (floor)")
+    }, rounds)
+    print_rates(seconds, count, "Resizing (floor)")
 
 
 def main():
