@@ -47,6 +47,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The checks run a second JAX process on the same GPU while this one holds it: JAX's default
+# preallocation of 75 % of the GPU's memory in each would starve the second.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -231,17 +234,23 @@ def main():
     if keras.backend.backend() != "jax":
         raise SystemExit(f"benchmarks/gpu.py runs on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     size, count, batch = (32, 64, 16) if args.quick else (224, 2048, 128)
+    began = time.perf_counter()
+
+    def section(title: str) -> None:
+        print(f"{title} [{time.perf_counter() - began:.0f} s in]")
+
     print(device())
     if not args.skip_checks:
-        print("Checks: the pipeline-free parts, default device against CPU")
+        section("Checks: the pipeline-free parts, default device against CPU")
         checks()
-    print(f"Fit: MobileNetV3Small, {count} images {size}x{size}x3, batches of {batch}, {args.rounds} rounds")
+    section(f"Fit: MobileNetV3Small, {count} images {size}x{size}x3, batches of {batch}, {args.rounds} rounds")
     fit_parts(size, count, batch, args.rounds)
-    print("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
+    section("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
     mixing(size, count, batch, args.rounds)
     crop_size, crop_out = (40, 32) if args.quick else (256, 224)
-    print(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
+    section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
     crop(crop_size, crop_out, count, batch, args.rounds)
+    section("Done")
     print("TensorFlow imported:", "tensorflow" in sys.modules)
 
 
