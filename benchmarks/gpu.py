@@ -229,8 +229,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--parts", default="checks,fit,mixing,crop", help="comma-separated: checks, fit, mixing, crop")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - {"checks", "fit", "mixing", "crop"})
+    if unknown:
+        raise SystemExit(f"--parts takes checks, fit, mixing and crop. Received: {unknown}")
     if keras.backend.backend() != "jax":
         raise SystemExit(f"benchmarks/gpu.py runs on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     size, count, batch = (32, 64, 16) if args.quick else (224, 2048, 128)
@@ -240,16 +244,19 @@ def main():
         print(f"{title} [{time.perf_counter() - began:.0f} s in]")
 
     print(device())
-    if not args.skip_checks:
+    if "checks" in parts:
         section("Checks: the pipeline-free parts, default device against CPU")
         checks()
-    section(f"Fit: MobileNetV3Small, {count} images {size}x{size}x3, batches of {batch}, {args.rounds} rounds")
-    fit_parts(size, count, batch, args.rounds)
-    section("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
-    mixing(size, count, batch, args.rounds)
-    crop_size, crop_out = (40, 32) if args.quick else (256, 224)
-    section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
-    crop(crop_size, crop_out, count, batch, args.rounds)
+    if "fit" in parts:
+        section(f"Fit: MobileNetV3Small, {count} images {size}x{size}x3, batches of {batch}, {args.rounds} rounds")
+        fit_parts(size, count, batch, args.rounds)
+    if "mixing" in parts:
+        section("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
+        mixing(size, count, batch, args.rounds)
+    if "crop" in parts:
+        crop_size, crop_out = (40, 32) if args.quick else (256, 224)
+        section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
+        crop(crop_size, crop_out, count, batch, args.rounds)
     section("Done")
     print("TensorFlow imported:", "tensorflow" in sys.modules)
 

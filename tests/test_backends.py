@@ -122,6 +122,41 @@ print("reloaded", int(again.optimizer.iterations.numpy()), again.optimizer.inner
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
+def test_ema_on_jax_runs_inside_the_step_and_its_averages_stay_out_of_the_saved_state(tmp_path):
+    """EMA's update is traced into JAX's step, its averages in the state `fit` hands it: no sync of that state per step."""
+    code = f"""
+import keras, numpy as np
+from keras_finetune.callbacks import EMA, OneCycle
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+model.compile(optimizer, "sparse_categorical_crossentropy")
+x, y = np.random.default_rng(0).normal(size=(8, 3)).astype("float32"), np.arange(8) % 2
+model.fit(x, y, epochs=1, verbose=0)
+count = len(optimizer.variables)
+syncs, sync = [0], model.jax_state_sync
+def counting():
+    syncs[0] += not model._jax_state_synced
+    sync()
+object.__setattr__(model, "jax_state_sync", counting)
+model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[EMA(0.5, warmup=False)])
+print("syncs", syncs[0])
+path = {str(tmp_path / "mid.keras")!r}
+model.fit(x, y, batch_size=2, epochs=2, verbose=0,
+          callbacks=[OneCycle(0.1, cycle_momentum="auto"), EMA(0.9), keras.callbacks.ModelCheckpoint(path)])
+print("after", optimizer.inner_optimizer.beta_1, len(optimizer.variables) == count, "train_step" in vars(model))
+again = keras.saving.load_model(path)
+print("reloaded", int(again.optimizer.iterations.numpy()), len(again.optimizer.variables) == count)
+"""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0] in ("syncs", "after", "reloaded"))
+    assert lines["syncs"] == "2"  # fit's own, once an epoch; 8 when EMA updated after each of the 8 steps
+    assert lines["after"] == "0.9 True False"  # the optimizer's variables and the model's train_step as compiled
+    assert lines["reloaded"] == "17 True"  # 1 + 8 + 8 steps, saved without the averages or the momentum
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
 def test_jax_runs_the_callbacks_and_models_without_tensorflow():
     """With TensorFlow made unimportable, the parts that need no tf.data import and train on JAX."""
     code = """

@@ -17,8 +17,13 @@ from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
   optimizer state) current before a callback reads or sets them, so that the
   next step starts from what the callback left (a no-op where the variables
   always are current);
-- `assigning(pure, targets, sources, xla)`: a callable that sets the
-  variables `targets` to `pure(values of sources)`, compiled for the backend;
+- `assigning(pure, targets, sources, xla)`: a callable `run(when=None)` that
+  sets the variables `targets` to `pure(values of sources)`, compiled for the
+  backend, where `when` (a traced bool) is true or not given;
+- `step_then(model, step, then)`: a train step that runs `step`, the one
+  `fit` would call, and then `then()`, stateful Keras code traced into it
+  (an update after every step, as Keras's own `use_ema` has), or None where
+  `fit` would not call a model's own `train_step` (JAX with Flax NNX);
 - `compiled(pure)`: a pure function of tensors, compiled for the backend;
 - `train_subset(model)`: let the model's optimizer, built over every variable
   that some phase trains, update those that train now;
@@ -51,6 +56,7 @@ scope = _module.scope
 one_device = _module.one_device
 sync = _module.sync
 assigning = _module.assigning
+step_then = _module.step_then
 compiled = _module.compiled
 train_subset = _module.train_subset
 strategy = _module.strategy

@@ -29,11 +29,36 @@ def sync(model) -> None:
 def assigning(pure, targets, sources, xla=False):
     jitted = jax.jit(pure)
 
-    def run():
-        for target, value in zip(targets, jitted([source.value for source in sources])):
+    def run(when=None):
+        values = jitted([source.value for source in sources])
+        if when is not None:  # a select, not a `cond`: traced into a step, a branch may not assign
+            values = [jax.numpy.where(when, value, target.value) for value, target in zip(values, targets)]
+        for target, value in zip(targets, values):
             target.assign(value)
 
     return run
+
+
+def step_then(model, step, then):
+    """`step` (what `fit` calls), then `then()` run over the state it returns, in one traced function.
+
+    `then` is stateful Keras code; it reads and assigns the model's and the
+    optimizer's variables, so the variables of its own must have joined the
+    optimizer's (`callbacks._optimizer.join_step_state`). None with Flax NNX
+    enabled: Keras's trainer then calls the class's `train_step`, not the
+    model's own.
+    """
+    if getattr(keras.config, "is_nnx_enabled", lambda: False)():
+        return None
+
+    def train_step(state, data):
+        logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values) = step(state, data)
+        variables = [*model.trainable_variables, *model.non_trainable_variables, *model.optimizer.variables]
+        _, values = _stateless(variables, [*trainable_values, *non_trainable_values, *optimizer_values], then)
+        first, split = len(trainable_values), len(trainable_values) + len(non_trainable_values)
+        return logs, (values[:first], values[first:split], values[split:], metrics_values)
+
+    return train_step
 
 
 def compiled(pure):

@@ -22,11 +22,28 @@ def sync(model) -> None:
 
 def assigning(pure, targets, sources, xla=False):
     @tf.function(jit_compile=xla)
-    def run():
+    def assign():
         for target, value in zip(targets, pure([source.value for source in sources])):
             target.assign(value)
 
+    def run(when=None):
+        if when is None:
+            assign()
+        else:
+            tf.cond(when, assign, lambda: None)
+
     return run
+
+
+def step_then(model, step, then):
+    """`step`, then `then()` in the same traced function."""
+
+    def train_step(data):
+        logs = step(data)
+        then()
+        return logs
+
+    return train_step
 
 
 def compiled(pure):

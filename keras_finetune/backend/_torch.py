@@ -23,12 +23,25 @@ def sync(model) -> None:
 
 
 def assigning(pure, targets, sources, xla=False):
-    def run():
+    def run(when=None):
+        if when is not None and not bool(when):
+            return
         with torch.no_grad():
             for target, value in zip(targets, pure([source.value for source in sources])):
                 target.assign(value)
 
     return run
+
+
+def step_then(model, step, then):
+    """`step`, then `then()`."""
+
+    def train_step(data):
+        logs = step(data)
+        then()
+        return logs
+
+    return train_step
 
 
 def compiled(pure):

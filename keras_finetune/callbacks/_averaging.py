@@ -111,13 +111,14 @@ class WeightAverage:
             folded.append(keras.ops.where(keep, average + rate * (weight - average), average))
         return [counts + keras.ops.cast(joins, "float32"), skipped, *folded]
 
-    def update(self) -> None:
+    def update(self, when=None) -> None:
         """Fold the model's current weights into the average: those `live` names and those that joined before.
 
         An exponential average's update is compiled by XLA on TensorFlow; a
-        caller may call it inside a function of its own (a train step).
+        caller may call it inside a function of its own (a train step), with
+        `when` a traced bool that says whether it is due.
         """
-        self._update()
+        self._update(when)
 
     @property
     def count(self) -> int:

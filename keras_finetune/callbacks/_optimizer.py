@@ -1,6 +1,6 @@
 """Optimizer plumbing shared by the unfreezing and learning-rate callbacks.
 
-Three things Keras does not offer in public:
+What Keras does not offer in public:
 - reading and setting "the" learning rate of any compiled optimizer, a
   `LossScaleOptimizer` or a `MultiOptimizer` included (whose sub-optimizers
   keep their ratios to the default one);
@@ -11,7 +11,10 @@ Three things Keras does not offer in public:
   anneals, whatever order the callbacks run in;
 - changing an optimizer's momentum (`beta_1`, or SGD's and RMSprop's
   `momentum`) between steps, which Keras reads as a Python float when it
-  traces the train step.
+  traces the train step;
+- giving a JAX train step a callback's own variables (a momentum, EMA's
+  averages) to read and update: `fit` hands it only the model's, the
+  optimizer's and the metrics' state.
 """
 
 from __future__ import annotations
@@ -180,9 +183,8 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
     The train step is traced again, so it reads the variables; `fixed_momentum`
     puts the floats back. Meanwhile the optimizer's config holds the compiled
     float, so a model saved mid-`fit` (ModelCheckpoint) reloads. Where the
-    step reads only the state `fit` hands it (JAX), each variable joins its
-    optimizer's variables, that state, for the `fit`, and stays out of what
-    the optimizer saves and loads.
+    step reads only the state `fit` hands it (JAX), each variable joins that
+    state for the `fit` (`join_step_state`).
     """
     variables = []
     for holder in _holders(model.optimizer):
@@ -201,13 +203,8 @@ def variable_momentum(model: keras.Model, caller: str) -> list:
             # Past the optimizer's tracker: the variable must not join its saved state.
             object.__setattr__(holder, attribute, value)
             object.__setattr__(holder, "get_config", types.MethodType(_compiled_config, holder))
-            if not backend.STEP_UPDATES_VARIABLES:
-                holder._variables.append(value)
+            join_step_state(model.optimizer, [value], holder)
         variables.append(value)
-    if not backend.STEP_UPDATES_VARIABLES:
-        for saver in _savers(model.optimizer):
-            object.__setattr__(saver, "save_own_variables", types.MethodType(_save_without_momentum, saver))
-            object.__setattr__(saver, "load_own_variables", types.MethodType(_load_without_momentum, saver))
     model.make_train_function(force=True)
     return variables
 
@@ -217,56 +214,90 @@ def _compiled_config(holder) -> dict:
     return {key: value.compiled if isinstance(value, _Momentum) else value for key, value in config.items()}
 
 
-def _savers(optimizer) -> list:
-    """Every optimizer whose `variables` list holds its holders' (a LossScaleOptimizer, a MultiOptimizer, the holders)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return list({id(o): o for o in (optimizer, inner, *_holders(optimizer))}.values())
-
-
-def _take_momentum_out(holders) -> list:
-    """Remove the `_Momentum` variables from their holders' variables; returns (holder, removed) pairs."""
-    taken = []
-    for holder in holders:
-        taken.append((holder, [v for v in holder._variables if isinstance(v, _Momentum)]))
-        holder._variables[:] = [v for v in holder._variables if not isinstance(v, _Momentum)]
-    return taken
-
-
-@contextlib.contextmanager
-def _momentum_left_out(holders):
-    taken = _take_momentum_out(holders)
-    try:
-        yield
-    finally:
-        for holder, momenta in taken:
-            holder._variables.extend(momenta)
-
-
-def _save_without_momentum(self, store) -> None:
-    with _momentum_left_out(_holders(self)):
-        type(self).save_own_variables(self, store)
-
-
-def _load_without_momentum(self, store) -> None:
-    with _momentum_left_out(_holders(self)):
-        type(self).load_own_variables(self, store)
-
-
 def fixed_momentum(model: keras.Model) -> None:
     """Put back the compiled floats that `variable_momentum` replaced."""
+    momenta = []
     for holder in _holders(model.optimizer):
         attribute = momentum_attribute(holder)
         value = getattr(holder, attribute, None) if attribute else None
         if isinstance(value, _Momentum):
             object.__setattr__(holder, attribute, value.compiled)
             object.__delattr__(holder, "get_config")
-    if not backend.STEP_UPDATES_VARIABLES:
-        _take_momentum_out(_holders(model.optimizer))
-        for saver in _savers(model.optimizer):
+            momenta.append(value)
+    leave_step_state(model.optimizer, momenta)
+    model.make_train_function(force=True)
+
+
+# A callback's variables that a train step on JAX reads or updates: `fit` hands the step only the
+# model's, the optimizer's and the metrics' variables, so these join an optimizer's for a `fit`.
+# optimizer -> the variables that joined its `variables`.
+_JOINED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def join_step_state(optimizer, variables: list, holder=None) -> None:
+    """Make `variables` part of the state `fit` hands its train step, where that is all the step reads (JAX).
+
+    They join the `variables` of `holder` (by default the optimizer that
+    owns the default learning rate), which `fit` hands the step and puts
+    back after it, until `leave_step_state`; every optimizer that lists
+    them leaves them out of what it saves and loads, so a checkpoint taken
+    meanwhile reloads into the compiled optimizer. Where the train step
+    reads the variables themselves (TensorFlow, PyTorch), nothing changes.
+    """
+    if backend.STEP_UPDATES_VARIABLES:
+        return
+    holder = holder or _holders(optimizer)[0]
+    holder._variables.extend(variables)
+    _JOINED.setdefault(holder, []).extend(variables)
+    for saver in _savers(optimizer):
+        object.__setattr__(saver, "save_own_variables", types.MethodType(_save_without_joined, saver))
+        object.__setattr__(saver, "load_own_variables", types.MethodType(_load_without_joined, saver))
+
+
+def leave_step_state(optimizer, variables: list) -> None:
+    """Take `variables` out of the train step's state again (`join_step_state`)."""
+    if backend.STEP_UPDATES_VARIABLES:
+        return
+    leaving = {id(v) for v in variables}
+    for holder in _holders(optimizer):
+        holder._variables[:] = [v for v in holder._variables if id(v) not in leaving]
+        staying = [v for v in _JOINED.pop(holder, []) if id(v) not in leaving]
+        if staying:
+            _JOINED[holder] = staying
+    if not any(holder in _JOINED for holder in _holders(optimizer)):
+        for saver in _savers(optimizer):
             for method in ("save_own_variables", "load_own_variables"):
                 if method in vars(saver):
                     object.__delattr__(saver, method)
-    model.make_train_function(force=True)
+
+
+def _savers(optimizer) -> list:
+    """Every optimizer whose `variables` list holds its holders' (a LossScaleOptimizer, a MultiOptimizer, the holders)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return list({id(o): o for o in (optimizer, inner, *_holders(optimizer))}.values())
+
+
+@contextlib.contextmanager
+def _joined_left_out(holders):
+    everything = [(holder, list(holder._variables)) for holder in holders if holder in _JOINED]
+    for holder, _ in everything:
+        joined = {id(v) for v in _JOINED[holder]}
+        holder._variables[:] = [v for v in holder._variables if id(v) not in joined]
+    try:
+        yield
+    finally:
+        for holder, variables in everything:
+            holder._variables[:] = variables
+
+
+def _save_without_joined(self, store) -> None:
+    with _joined_left_out(_holders(self)):
+        type(self).save_own_variables(self, store)
+
+
+def _load_without_joined(self, store) -> None:
+    with _joined_left_out(_holders(self)):
+        type(self).load_own_variables(self, store)
 
 
 def clear_controllers(model) -> None:

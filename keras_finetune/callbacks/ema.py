@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_finetune import backend
+from keras_finetune.callbacks import _optimizer
 from keras_finetune.callbacks._averaging import WeightAverage
 from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
 from keras_finetune.validation import check_bool, check_count, check_fraction
@@ -58,7 +59,9 @@ class EMA(keras.callbacks.Callback):
 
     On one device the update is traced into the train step (`fit` runs the
     model's `train_step` and then the update, in one function, as Keras's
-    own `use_ema` does); under a `tf.distribute` strategy it runs after
+    own `use_ema` does; on JAX the averages travel in the state `fit` hands
+    the step, among the optimizer's variables but never saved with them);
+    under a `tf.distribute` strategy or a JAX distribution it runs after
     each step. The model gets its own `train_step` back when `fit` ends.
 
     Interrupted runs: the step count is the optimizer's `iterations`, which
@@ -133,38 +136,44 @@ class EMA(keras.callbacks.Callback):
             self._average = WeightAverage(self.model, decay=self.decay, warmup=self.warmup)
             self._begun_flag = keras.Variable(False, trainable=False)
         self._resumed = False
-        self._fused = backend.STEP_UPDATES_VARIABLES and backend.one_device(self.model)
-        if self._fused:
-            self._fuse()
+        self._fused = None  # decided at the first epoch's start
 
     # On one device the update runs inside the traced train step, as Keras's own `use_ema` does: a call
-    # of its own after each step cost 3.9 % of a MobileNetV3Small step on 2 CPU cores; inside, about
-    # what Keras's costs (benchmarks/RESULTS.md). Under a strategy the replicas run the step, so the
-    # update stays a call after it.
+    # of its own after each step cost 3.9 % of a MobileNetV3Small step on 2 CPU cores (TensorFlow), and
+    # 40 % of one on an H200 (JAX, where it also puts `fit`'s state back into the variables each step);
+    # inside, about what Keras's costs (benchmarks/RESULTS.md). Under a distribution the replicas run
+    # the step, so the update stays a call after it.
 
     def _fuse(self) -> None:
+        """Trace the update into the train step; once every callback's on_train_begin ran (the optimizer kept)."""
         model = self.model
         plain = getattr(model.train_step, "_without_ema", model.train_step)
-
-        def train_step(data):
-            logs = plain(data)
-            self._fold_in_step()
-            return logs
-
+        # Not `self.model` in the traced step: on JAX that property puts `fit`'s state into the variables.
+        then = lambda: self._fold_in_step(model.optimizer.iterations)  # noqa: E731
+        train_step = backend.step_then(model, plain, then) if backend.one_device(model) else None
+        self._fused = train_step is not None
+        if not self._fused:
+            return
+        _optimizer.join_step_state(model.optimizer, self._step_state())
         train_step._without_ema = plain
         object.__setattr__(model, "train_step", train_step)  # past Keras's attribute tracking
         model.make_train_function(force=True)
 
-    def _fold_in_step(self) -> None:
-        """The update of the step just taken, when one is due (traced into the train step)."""
-        step = self.model.optimizer.iterations
+    def _step_state(self) -> list:
+        average = self._average
+        return [self._begun_flag, average.live, average.counts, average.skipped, *average.averages]
+
+    def _fold_in_step(self, step) -> None:
+        """The update of the step just taken, `step` the optimizer's `iterations`, when one is due (traced)."""
         due = keras.ops.logical_and(
             self._begun_flag,
             keras.ops.logical_and(step > self.start_step, keras.ops.equal((step - self.start_step) % self.every_n_steps, 0)),
         )
-        keras.ops.cond(due, self._average.update, lambda: None)
+        self._average.update(when=due)
 
     def _unfuse(self) -> None:
+        if self._fused:
+            _optimizer.leave_step_state(self.model.optimizer, self._step_state())
         if "train_step" in vars(self.model):
             object.__delattr__(self.model, "train_step")
             self.model.make_train_function(force=True)
@@ -182,6 +191,8 @@ class EMA(keras.callbacks.Callback):
         self._begun_flag.assign(self.begun)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self._fused is None:
+            self._fuse()
         # The step count read once per epoch: `iterations`, which BackupAndRestore restores.
         self._first_step = int(self.model.optimizer.iterations.numpy())
         self._live = None
