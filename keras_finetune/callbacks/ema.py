@@ -206,6 +206,10 @@ class EMA(keras.callbacks.Callback):
         if self._live is None:  # once an epoch, after every callback's on_epoch_begin (phases)
             self._live = np.asarray(self._training(), bool)
             self._average.live.assign(self._live)
+        # What the step before this one called for, here rather than in on_train_batch_end: a callback
+        # with an on_train_batch_end makes Keras wait for each step's logs (JAX, PyTorch), where it
+        # would otherwise queue the next step on the device while this one runs.
+        self._after(self._first_step + batch)
 
     def _after(self, step: int) -> None:
         """Begin the average, or (not fused) update it, now that `step` optimizer steps are done."""
@@ -221,9 +225,6 @@ class EMA(keras.callbacks.Callback):
         # None after a resume: the update of `step` itself, if it had one, is in the average already.
         self._next_update = self.start_step + self.every_n_steps * ((step - self.start_step) // self.every_n_steps + 1)
 
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self._after(self._first_step + batch + 1)
-
     def _training(self) -> list:
         """Whether each averaged weight trains now: read after every callback's on_epoch_begin (phases)."""
         training = {id(v) for v in self.model.trainable_variables}
@@ -232,6 +233,7 @@ class EMA(keras.callbacks.Callback):
         return [id(v) in training for v in self._average.variables]
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._after(int(self.model.optimizer.iterations.numpy()))  # the epoch's last step
         average = self._average
         broken = average.broken()
         if broken:
