@@ -230,3 +230,21 @@ print("flip states:", len(pipeline_seed_states(keras.layers.Pipeline([keras.laye
     assert "Received: strategy='mirrored'" in result.stdout
     assert "dropout refused:" in result.stdout and "cannot be reseeded from" in result.stdout
     assert "flip states: 1" in result.stdout
+
+
+def test_no_training_callback_makes_keras_wait_for_each_step():
+    """A callback with an `on_train_batch_end` makes Keras's JAX and PyTorch `fit` wait for every step's logs.
+
+    Without one, Keras runs the batch-end hooks on a thread and queues the
+    next step while the device runs this one; EMA's had cost 19 % of a
+    MobileNetV3Small step on an H200 (benchmarks/RESULTS.md). LRFinder
+    reads each step's loss: it waits by design.
+    """
+    from keras_finetune import callbacks
+
+    default = keras.callbacks.Callback
+    training = [callbacks.CosineAnnealing, callbacks.EMA, callbacks.EpochSeeds, callbacks.OneCycle,
+                callbacks.ProgressiveUnfreezing, callbacks.StepLR, callbacks.StopMixing, callbacks.SWA]
+    for callback in training:
+        for hook in ("on_train_batch_end", "on_batch_end"):
+            assert getattr(callback, hook) is getattr(default, hook), f"{callback.__name__}.{hook}"
