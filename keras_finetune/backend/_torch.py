@@ -24,10 +24,11 @@ def sync(model) -> None:
 
 def assigning(pure, targets, sources, xla=False):
     def run(when=None):
-        if when is not None and not bool(when):
-            return
         with torch.no_grad():
-            for target, value in zip(targets, pure([source.value for source in sources])):
+            values = pure([source.value for source in sources])
+            if when is not None:  # a select: `if when` would wait for the step on a GPU
+                values = [torch.where(when, value, target.value) for value, target in zip(values, targets)]
+            for target, value in zip(targets, values):
                 target.assign(value)
 
     return run

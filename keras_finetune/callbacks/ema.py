@@ -138,11 +138,11 @@ class EMA(keras.callbacks.Callback):
         self._resumed = False
         self._fused = None  # decided at the first epoch's start
 
-    # On one device the update runs inside the traced train step, as Keras's own `use_ema` does: a call
-    # of its own after each step cost 3.9 % of a MobileNetV3Small step on 2 CPU cores (TensorFlow), and
-    # 40 % of one on an H200 (JAX, where it also puts `fit`'s state back into the variables each step);
-    # inside, about what Keras's costs (benchmarks/RESULTS.md). Under a distribution the replicas run
-    # the step, so the update stays a call after it.
+    # On one device the update runs inside the train step, as Keras's own `use_ema` does: a call of its
+    # own after each step cost 3.9 % of a MobileNetV3Small step on 2 CPU cores (TensorFlow) and 40 % of
+    # one on an H200 (JAX, with `fit`'s state put back into the variables for it each step); inside,
+    # about what Keras's costs, and 1.8 % on the H200 (benchmarks/RESULTS.md). Under a distribution the
+    # replicas run the step, so the update stays a call after it.
 
     def _fuse(self) -> None:
         """Trace the update into the train step; once every callback's on_train_begin ran (the optimizer kept)."""
