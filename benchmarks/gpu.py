@@ -5,7 +5,7 @@ TensorFlow, and no package registry: bring keras and its pure-Python
 dependencies as wheels (benchmarks/RESULTS.md gives the command used), put
 this repository on `PYTHONPATH`, and run
 
-    KERAS_BACKEND=jax python benchmarks/gpu.py [--quick] [--rounds 5]
+    KERAS_BACKEND=jax python benchmarks/gpu.py [--sizes gpu|cpu|quick] [--rounds 5] [--parts checks,fit,mixing,crop]
 
 Nothing here imports TensorFlow. The parts:
 
@@ -21,8 +21,8 @@ Nothing here imports TensorFlow. The parts:
    `build_classifier`'s head, on arrays: images/s of a bare `fit` against
    the same `fit` with what `fine_tune` adds to it (`ProgressiveUnfreezing`
    with the base frozen for the first epoch, `CosineAnnealing` with
-   warm-up, `SWA` averaging every later epoch), and with `EMA` at every
-   step.
+   warm-up, `SWA` averaging every later epoch), with `EMA` at every step,
+   and with `OneCycle` setting the rate and `beta_1` before every step.
    `fine_tune` itself builds a `tf.data` pipeline, so it needs TensorFlow;
    what it runs on the device is this.
 3. Mixing: `MixingModel(classifier, MixUpOrCutMix(...))` on arrays, mixing
@@ -34,8 +34,12 @@ Nothing here imports TensorFlow. The parts:
 
 The fits run `--rounds` + 2 epochs each, timed from the third (the first
 two trace); mixing and crop run interleaved (`timing.interleaved_epochs`),
-`--rounds` epochs each after an untimed one. Printed: median images/s and the ratio to the reference. `--quick` runs
-everything on tiny sizes (a smoke test, for the CPU).
+`--rounds` epochs each after an untimed one. Printed: median images/s and the ratio to the reference.
+`--sizes cpu` runs them on sizes a 2-core CPU fits in minutes, `--sizes quick` on tiny ones (a smoke
+test).
+
+The fit, mixing and crop parts also run under `KERAS_BACKEND=torch` or `tensorflow`, for figures of
+each backend on the same workload; the checks compare JAX's devices.
 """
 
 import argparse
@@ -54,7 +58,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_finetune.callbacks import EMA, SWA, CosineAnnealing, ProgressiveUnfreezing  # noqa: E402
+from keras_finetune.callbacks import EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing  # noqa: E402
 from keras_finetune.heads import build_classifier  # noqa: E402
 from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop  # noqa: E402
 from keras_finetune.models import MixingModel  # noqa: E402
@@ -66,13 +70,29 @@ sys.path.insert(0, str(TESTS))
 import backend_job  # noqa: E402
 
 CLASSES = 10
+# --sizes: (side, images, batch, crop's input side, crop's output side)
+SIZES = {"gpu": (224, 2048, 128, 256, 224), "cpu": (96, 512, 32, 112, 96), "quick": (32, 64, 16, 40, 32)}
 
 
 def device() -> str:
-    import jax
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
 
-    first = jax.devices()[0]
-    return f"{first.device_kind} ({first.platform}, {len(jax.devices())} device(s)), jax {jax.__version__}, keras {keras.__version__}"
+        first = jax.devices()[0]
+        where = f"{first.device_kind} ({first.platform}, {len(jax.devices())} device(s))"
+        version = jax.__version__
+    elif name == "torch":
+        import torch
+
+        where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        version = torch.__version__
+    else:
+        import tensorflow as tf
+
+        where = ", ".join(d.name for d in tf.config.list_logical_devices())
+        version = tf.__version__
+    return f"{where}, {name} {version}, keras {keras.__version__}"
 
 
 def checks() -> None:
@@ -128,7 +148,7 @@ def print_rates(seconds: dict, count: int, reference: str) -> None:
 
 
 def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
-    """A bare fit, the same fit with fine_tune's callbacks, and with EMA every step: one fit of each."""
+    """A bare fit, the same fit with fine_tune's callbacks, with EMA every step and with OneCycle: one fit of each."""
     x, y = images(count, size)
     epochs = rounds + 2
 
@@ -153,6 +173,7 @@ def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
         "bare fit": median_epoch(lambda base: []),
         "fit with fine_tune's callbacks": median_epoch(recipe),
         "fit with EMA every step": median_epoch(lambda base: [EMA(0.999)]),
+        "fit with OneCycle": median_epoch(lambda base: [OneCycle(1e-3)]),
     }
     print_rates(seconds, count, "bare fit")
 
@@ -227,7 +248,8 @@ def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="gpu",
+                        help="images, their side, batch and crop: gpu (the default), cpu (fits a 2-core CPU), quick (a smoke test)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--parts", default="checks,fit,mixing,crop", help="comma-separated: checks, fit, mixing, crop")
     args = parser.parse_args()
@@ -235,9 +257,9 @@ def main():
     unknown = sorted(set(parts) - {"checks", "fit", "mixing", "crop"})
     if unknown:
         raise SystemExit(f"--parts takes checks, fit, mixing and crop. Received: {unknown}")
-    if keras.backend.backend() != "jax":
-        raise SystemExit(f"benchmarks/gpu.py runs on the JAX backend. Received: KERAS_BACKEND={keras.backend.backend()}")
-    size, count, batch = (32, 64, 16) if args.quick else (224, 2048, 128)
+    if "checks" in parts and keras.backend.backend() != "jax":
+        raise SystemExit(f"The checks compare JAX's default device with its CPU. Received: KERAS_BACKEND={keras.backend.backend()}")
+    size, count, batch, crop_size, crop_out = SIZES[args.sizes]
     began = time.perf_counter()
 
     def section(title: str) -> None:
@@ -254,7 +276,6 @@ def main():
         section("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
         mixing(size, count, batch, args.rounds)
     if "crop" in parts:
-        crop_size, crop_out = (40, 32) if args.quick else (256, 224)
         section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
         crop(crop_size, crop_out, count, batch, args.rounds)
     section("Done")
