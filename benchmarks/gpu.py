@@ -21,8 +21,9 @@ Nothing here imports TensorFlow. The parts:
    `build_classifier`'s head, on arrays: images/s of a bare `fit` against
    the same `fit` with what `fine_tune` adds to it (`ProgressiveUnfreezing`
    with the base frozen for the first epoch, `CosineAnnealing` with
-   warm-up, `SWA` averaging every later epoch), with `EMA` at every step,
-   and with `OneCycle` setting the rate and `beta_1` before every step.
+   warm-up, `SWA` averaging every later epoch; BatchNorm stays frozen, as
+   `fine_tune` keeps it), with `EMA` at every step, and with `OneCycle`
+   setting the rate and `beta_1` before every step.
    `fine_tune` itself builds a `tf.data` pipeline, so it needs TensorFlow;
    what it runs on the device is this.
 3. Mixing: `MixingModel(classifier, MixUpOrCutMix(...))` on arrays, mixing
@@ -33,7 +34,7 @@ Nothing here imports TensorFlow. The parts:
    of the whole image, the crop's floor).
 
 The fits run `--rounds` + 2 epochs each, timed from the third (the first
-two trace); mixing and crop run interleaved (`timing.interleaved_epochs`),
+two trace), one epoch of each in turn (`timing.turn_taking_fits`); mixing and crop run interleaved (`timing.interleaved_epochs`),
 `--rounds` epochs each after an untimed one. Printed: median images/s and the ratio to the reference.
 `--sizes cpu` runs them on sizes a 2-core CPU fits in minutes, `--sizes quick` on tiny ones (a smoke
 test).
@@ -63,7 +64,7 @@ from keras_finetune.heads import build_classifier  # noqa: E402
 from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop  # noqa: E402
 from keras_finetune.models import MixingModel  # noqa: E402
 
-from timing import EpochTimer, interleaved_epochs  # noqa: E402
+from timing import interleaved_epochs, turn_taking_fits  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
@@ -148,18 +149,22 @@ def print_rates(seconds: dict, count: int, reference: str) -> None:
 
 
 def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
-    """A bare fit, the same fit with fine_tune's callbacks, with EMA every step and with OneCycle: one fit of each."""
+    """A bare fit, the same fit with fine_tune's callbacks, with EMA every step and with OneCycle, taking turns."""
     x, y = images(count, size)
     epochs = rounds + 2
 
-    def median_epoch(callbacks_for) -> float:
-        """Seconds: the median epoch after the first two (the first traces; the second unfreezes, traces again and
-        compiles SWA's update)."""
+    def fit_with(callbacks_for):
+        """A fit of a fresh classifier with `callbacks_for(base)`, for `turn_taking_fits`."""
         classifier, base = mobilenet(size)
         classifier.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-        timer = EpochTimer()
-        classifier.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[*callbacks_for(base), timer])
-        return float(np.median(timer.seconds[2:]))
+        extra = callbacks_for(base)
+
+        def fit(callbacks, epochs):
+            # `extra` between the turn's callbacks: their epoch-end work is timed with the epoch.
+            callbacks = [callbacks[0], *extra, *callbacks[1:]]
+            classifier.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=callbacks)
+
+        return fit
 
     def recipe(base) -> list:
         """fine_tune's parts: frozen, then unfrozen at a tenth of the rate, cosine with warm-up, SWA."""
@@ -169,13 +174,15 @@ def fit_parts(size: int, count: int, batch: int, rounds: int) -> None:
             CosineAnnealing(t_max=epochs, warmup_epochs=1), SWA(start_epoch=1),
         ]
 
-    seconds = {
-        "bare fit": median_epoch(lambda base: []),
-        "fit with fine_tune's callbacks": median_epoch(recipe),
-        "fit with EMA every step": median_epoch(lambda base: [EMA(0.999)]),
-        "fit with OneCycle": median_epoch(lambda base: [OneCycle(1e-3)]),
+    fits = {
+        "bare fit": fit_with(lambda base: []),
+        "fit with fine_tune's callbacks": fit_with(recipe),
+        "fit with EMA every step": fit_with(lambda base: [EMA(0.999)]),
+        "fit with OneCycle": fit_with(lambda base: [OneCycle(1e-3)]),
     }
-    print_rates(seconds, count, "bare fit")
+    # Left out: the first two epochs (the first traces; the second unfreezes, traces again and compiles SWA's update).
+    seconds = {name: timed[2:] for name, timed in turn_taking_fits(fits, epochs).items()}
+    print_rates({name: float(np.median(timed)) for name, timed in seconds.items()}, count, "bare fit")
 
 
 class NumpyMixed(keras.utils.PyDataset):
