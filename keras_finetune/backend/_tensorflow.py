@@ -4,6 +4,8 @@ import contextlib
 
 import tensorflow as tf
 
+from keras_finetune.backend import _in_place
+
 STEP_UPDATES_VARIABLES = True
 
 
@@ -35,15 +37,7 @@ def assigning(pure, targets, sources, xla=False):
     return run
 
 
-def step_then(model, step, then):
-    """`step`, then `then()` in the same traced function."""
-
-    def train_step(data):
-        logs = step(data)
-        then()
-        return logs
-
-    return train_step
+step_then = _in_place.step_then
 
 
 def compiled(pure):

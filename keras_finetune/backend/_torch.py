@@ -5,6 +5,8 @@ import logging
 
 import torch
 
+from keras_finetune.backend import _in_place
+
 _logger = logging.getLogger("keras_finetune.distribute")
 
 STEP_UPDATES_VARIABLES = True
@@ -34,15 +36,7 @@ def assigning(pure, targets, sources, xla=False):
     return run
 
 
-def step_then(model, step, then):
-    """`step`, then `then()`."""
-
-    def train_step(data):
-        logs = step(data)
-        then()
-        return logs
-
-    return train_step
+step_then = _in_place.step_then
 
 
 def compiled(pure):
