@@ -8,7 +8,8 @@ updates exactly the variables it was built over, and a variable that a
 traced function reads without being handed it is frozen into the trace.
 The parts of keras_finetune are written with `keras.ops` once; the few
 things that must be done differently per backend are these functions, taken
-from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()`:
+from `_tensorflow`, `_jax` or `_torch` by `keras.backend.backend()` (the first and last
+share what updating variables in place makes the same, in `_in_place`):
 
 - `scope(model)`: where a callback creates or assigns variables of a model
   being fit (a `tf.distribute` strategy's scope on TensorFlow);
