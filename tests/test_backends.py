@@ -90,6 +90,19 @@ def test_jax_data_parallel_over_two_devices_equals_one_device(start_weights, eve
         check_equal(part, start_weights, {"tensorflow": every_part["tensorflow"][part], "jax": others})
 
 
+def on_jax(code: str, cwd=None, returncode: int = 0) -> subprocess.CompletedProcess:
+    """`code` run by a Python process on the JAX backend, which must exit with `returncode`."""
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert result.returncode == returncode, result.stderr[-3000:]
+    return result
+
+
+def labelled_lines(stdout: str, labels: tuple) -> dict:
+    """What follows each label in the lines of `stdout` that start with one of `labels`."""
+    return dict(line.split(" ", 1) for line in stdout.splitlines() if line.split(" ", 1)[0] in labels)
+
+
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
 def test_one_cycle_momentum_on_jax_joins_the_step_state_and_stays_out_of_the_saved_one(tmp_path):
     """JAX's step reads only the state `fit` hands it: the cycled beta_1 travels in the optimizer's, for the `fit`."""
@@ -110,10 +123,8 @@ print("after", optimizer.inner_optimizer.beta_1, len(optimizer.variables) == cou
 again = keras.saving.load_model(path)
 print("reloaded", int(again.optimizer.iterations.numpy()), again.optimizer.inner_optimizer.beta_1)
 """
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0] in ("momenta", "after", "reloaded"))
+    result = on_jax(code)
+    lines = labelled_lines(result.stdout, ("momenta", "after", "reloaded"))
     # OneCycleLR's momentum at the last step of each epoch (steps 3 and 7 of 8, pct_start 0.25: warm-up ends at step 1).
     expected = [0.95 + (0.85 - 0.95) / 2 * (1 + np.cos(np.pi * (step - 1) / 6)) for step in (3, 7)]
     np.testing.assert_allclose([float(v) for v in lines["momenta"].split()], expected, rtol=1e-6)
@@ -147,10 +158,8 @@ print("after", optimizer.inner_optimizer.beta_1, len(optimizer.variables) == cou
 again = keras.saving.load_model(path)
 print("reloaded", int(again.optimizer.iterations.numpy()), len(again.optimizer.variables) == count)
 """
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0] in ("syncs", "after", "reloaded"))
+    result = on_jax(code)
+    lines = labelled_lines(result.stdout, ("syncs", "after", "reloaded"))
     assert lines["syncs"] == "2"  # fit's own, once an epoch; 8 when EMA updated after each of the 8 steps
     assert lines["after"] == "0.9 True False"  # the optimizer's variables and the model's train_step as compiled
     assert lines["reloaded"] == "17 True"  # 1 + 8 + 8 steps, saved without the averages or the momentum
@@ -186,9 +195,7 @@ distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
 changed = sum(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
 print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None, changed)
 """
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = on_jax(code)
     imported, changed = result.stdout.split()[-2:]
     assert imported == "False" and int(changed) >= 6
 
@@ -202,9 +209,7 @@ sys.argv = ["keras-finetune", "train", "--data", "photos", "--epochs", "1"]
 import keras_finetune_cli
 sys.exit(keras_finetune_cli.main())
 """
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 1
+    result = on_jax(code, cwd=tmp_path, returncode=1)
     assert "needs TensorFlow, which is not installed" in result.stderr
     assert 'pip install "keras-finetune[tensorflow]"' in result.stderr
 
@@ -223,9 +228,7 @@ for bad, call in (("mirrored", lambda: backend.strategy("mirrored")),
         print(bad, "refused:", error)
 print("flip states:", len(pipeline_seed_states(keras.layers.Pipeline([keras.layers.RandomFlip(seed=1)]))))
 """
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = on_jax(code)
     assert "mirrored refused: On the JAX backend `strategy` must be a keras.distribution.DataParallel" in result.stdout
     assert "Received: strategy='mirrored'" in result.stdout
     assert "dropout refused:" in result.stdout and "cannot be reseeded from" in result.stdout
