@@ -148,8 +148,9 @@ class EMA(keras.callbacks.Callback):
         """Trace the update into the train step; once every callback's on_train_begin ran (the optimizer kept)."""
         model = self.model
         plain = getattr(model.train_step, "_without_ema", model.train_step)
-        # Not `self.model` in the traced step: on JAX that property puts `fit`'s state into the variables.
-        then = lambda: self._fold_in_step(model.optimizer.iterations)  # noqa: E731
+        def then():  # not `self.model` in the traced step: on JAX that property puts `fit`'s state into the variables
+            self._fold_in_step(model.optimizer.iterations)
+
         train_step = backend.step_then(model, plain, then) if backend.one_device(model) else None
         self._fused = train_step is not None
         if not self._fused:
