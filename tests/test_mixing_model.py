@@ -100,3 +100,29 @@ def test_trains_and_evaluates_under_mirrored_strategy(mirrored):
     loss = wrapped.evaluate(images, labels, batch_size=8, verbose=0)
     probabilities = model.predict(images, verbose=0)
     np.testing.assert_allclose(loss, -np.mean(np.log(probabilities[np.arange(24), labels])), rtol=1e-5)
+
+
+def test_the_wrapper_augments_in_training_only():
+    """An augmentation that blanks the images: training sees blanks, evaluation the images themselves."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(size=(16, 4, 4, 1)).astype("float32"), rng.integers(0, 2, 16)
+
+    def classifier():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+
+    model, reference = classifier(), classifier()
+    trainer = MixingModel(model, augmentation=keras.layers.Rescaling(0.0))
+    trainer.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy")
+    trainer.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    reference.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy")
+    reference.fit(np.zeros_like(images), np.eye(2)[labels], batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for mine, theirs in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+    probabilities = reference.predict(images, verbose=0)
+    expected = -np.mean(np.log(probabilities[np.arange(16), labels]))
+    assert trainer.evaluate(images, labels, verbose=0) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="needs a `mixing` layer, an `augmentation` layer or both"):
+        MixingModel(model)
+    with pytest.raises(TypeError, match="augmentation=<function"):
+        MixingModel(model, augmentation=lambda x: x)

@@ -67,5 +67,6 @@ train_step = _module.train_step
 test_step = _module.test_step
 prepared_step = _module.prepared_step
 STEP_UPDATES_VARIABLES = _module.STEP_UPDATES_VARIABLES
+COMPILES_IMAGE_TRANSFORMS = _module.COMPILES_IMAGE_TRANSFORMS
 
-__all__ = ["STEP_UPDATES_VARIABLES", "assigning", "compiled", "fitting", "made_in", "one_device", "prepared_step", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]
+__all__ = ["COMPILES_IMAGE_TRANSFORMS", "STEP_UPDATES_VARIABLES", "assigning", "compiled", "fitting", "made_in", "one_device", "prepared_step", "scope", "strategy", "sync", "test_step", "train_step", "train_subset"]

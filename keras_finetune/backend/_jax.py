@@ -9,6 +9,7 @@ import jax
 import keras
 
 STEP_UPDATES_VARIABLES = False
+COMPILES_IMAGE_TRANSFORMS = True
 _logger = logging.getLogger("keras_finetune.distribute")
 
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras_finetune.backend import _in_place
 
 STEP_UPDATES_VARIABLES = True
+COMPILES_IMAGE_TRANSFORMS = False
 
 
 def scope(model):

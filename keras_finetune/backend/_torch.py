@@ -10,6 +10,7 @@ from keras_finetune.backend import _in_place
 _logger = logging.getLogger("keras_finetune.distribute")
 
 STEP_UPDATES_VARIABLES = True
+COMPILES_IMAGE_TRANSFORMS = False
 
 
 def scope(model):
