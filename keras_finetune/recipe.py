@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import sys
 import warnings
 
 import keras
-import tensorflow as tf
 
 from keras_finetune import backend
+from keras_finetune.array_batches import ArrayBatches
 from keras_finetune.callbacks import (
     EMA, SWA, AtomicBackup, CosineAnnealing, EpochSeeds, OneCycle, ProgressiveUnfreezing, update_batchnorm,
 )
 from keras_finetune.callbacks.backup import resumed_epoch
-from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed
 from keras_finetune.freezing import batchnorm_layers, follow_untrained_batchnorm
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
-from keras_finetune.layers.data_layer import pipeline_seed_states
+from keras_finetune.models import MixingModel
 from keras_finetune.optimizers import layer_decay_optimizer
 from keras_finetune.validation import (
-    check_bool, check_count, check_epoch, check_fraction, check_not_empty, check_number, check_positive, class_ids,
-    ends_in_softmax, epoch_of, is_int, output_activation,
+    check_bool, check_count, check_epoch, check_fraction, check_number, check_positive, ends_in_softmax, epoch_of,
+    is_dataset, is_int, output_activation,
 )
 
 __all__ = ["fine_tune"]
@@ -70,67 +71,6 @@ def _schedule(unfreeze, frozen_epochs, epochs: int, learning_rate: float, factor
     return schedule, rates
 
 
-def _arrays(data: tuple, argument: str) -> tuple:
-    """(images, labels) as tensors of as many samples each, or a ValueError naming `argument`."""
-    arrays = tuple(tf.convert_to_tensor(array) for array in data)
-    counts = [int(array.shape[0]) if array.shape.rank else None for array in arrays]
-    if counts[0] is None or counts[0] != counts[1]:
-        raise ValueError(
-            f"`{argument}` must be (images, labels) with one label per image. "
-            f"Received: arrays of shapes {[tuple(array.shape) for array in arrays]}"
-        )
-    return arrays
-
-
-def _epoch_source(data, batch_size: int, seed):
-    """`epoch -> that epoch's batches`, from a dataset, an (images, labels) tuple or such a function."""
-    if isinstance(data, tf.data.Dataset):
-        return lambda epoch: data
-    if isinstance(data, tuple) and len(data) == 2:
-        arrays = _arrays(data, "train_data")
-        count = int(arrays[0].shape[0])
-
-        def shuffled(epoch):  # epoch e's order depends on (seed, e) alone, as a resumed run needs
-            indices = tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch)).batch(batch_size)
-            return indices.map(lambda index: tuple(tf.gather(array, index) for array in arrays))
-
-        return shuffled
-    if callable(data):
-        return data
-    raise TypeError(
-        "Data must be a tf.data.Dataset of (images, labels) batches, a tuple (images, labels), "
-        f"or a function epoch -> such a dataset. Received: {type(data).__name__}"
-    )
-
-
-def _batches(data, batch_size: int) -> tf.data.Dataset:
-    """Validation batches, in their order."""
-    if isinstance(data, tf.data.Dataset):
-        return data
-    if isinstance(data, tuple) and len(data) == 2:
-        return tf.data.Dataset.from_tensor_slices(_arrays(data, "validation_data")).batch(batch_size)
-    raise TypeError(
-        "`validation_data` must be a tf.data.Dataset of (images, labels) batches or a tuple (images, labels). "
-        f"Received: {type(data).__name__}"
-    )
-
-
-def _one_hot(dataset: tf.data.Dataset, num_classes: int, argument: str) -> tf.data.Dataset:
-    """Integer class ids become float32 one-hot rows; one-hot labels pass through."""
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(f"`{argument}` must yield (images, labels) pairs. Received: elements {spec}")
-    labels = spec[1]
-    if labels.dtype.is_floating and labels.shape[-1] == num_classes:
-        return dataset.map(lambda x, y: (x, tf.cast(y, "float32")))
-    if labels.dtype.is_integer:
-        return dataset.map(lambda x, y: (x, tf.one_hot(class_ids(tf.reshape(y, [-1]), num_classes), num_classes)))
-    raise ValueError(
-        f"`{argument}` labels must be integer class ids or one-hot rows of {num_classes} "
-        f"classes. Received: labels {labels}"
-    )
-
-
 def _part(value, argument: str, build):
     """An augmentation/mixing argument as a callable: True the preset, a dict its options, a layer itself."""
     if value is None or value is False:
@@ -151,7 +91,7 @@ def _in_scope(model: keras.Model, base_model: keras.Model, strategy) -> tuple[ke
     """`model` when its variables belong to `strategy` (or there is none); else a copy made in its scope, weights included."""
     if strategy is None or backend.made_in(model, strategy):
         return model, base_model
-    with strategy.scope():
+    with _scope(strategy):
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
     return copy, copy.get_layer(base_model.name)
@@ -167,6 +107,73 @@ def _refuse_classifier(model: keras.Model, num_classes) -> None:
             "without `num_classes` to fine-tune it as it is (with `base_model=` its base), or pass its base "
             f"(e.g. a keras.applications model with include_top=False). Received: num_classes={num_classes!r}"
         )
+
+
+def _random_layers(augmentation, mixing, channels: int, classes: int, seed):
+    """The augmentation and mixing layers of `fine_tune`'s arguments (None where turned off)."""
+    preset = {"seed": seed}
+    if channels != 3:  # saturation and hue need RGB
+        preset.update(saturation=None, hue=None)
+    augment = _part(augmentation, "augmentation", lambda options: image_augmentation(**{**preset, **options}))
+    mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, "num_classes": classes, **options}))
+    return augment, mix
+
+
+def _tensorflow_installed() -> bool:
+    try:
+        importlib.import_module("tensorflow")
+    except ImportError:
+        return False
+    return True
+
+
+def _in_step(train_data) -> bool:
+    """Whether `train_data` reaches `fit` as a `PyDataset`, augmented and mixed in the step: a `PyDataset`
+    itself, or arrays where TensorFlow is missing. Everything else goes through a `tf.data` pipeline."""
+    if isinstance(train_data, keras.utils.PyDataset):
+        return True
+    if _tensorflow_installed():
+        return False
+    if isinstance(train_data, tuple) and len(train_data) == 2:
+        return True
+    raise TypeError(
+        "Without TensorFlow (no tf.data), `train_data` must be a tuple (images, labels) of arrays or a "
+        f"keras.utils.PyDataset of (images, labels) batches. Received: {type(train_data).__name__}"
+    )
+
+
+def _step_batches(data, argument: str, batch_size: int, classes: int, seed):
+    """Arrays as `ArrayBatches` (shuffled when training), a `PyDataset` or a `tf.data.Dataset` as given."""
+    if isinstance(data, tuple) and len(data) == 2:
+        return ArrayBatches(*data, batch_size, classes, seed=seed, shuffle=argument == "train_data", argument=argument)
+    if isinstance(data, keras.utils.PyDataset) or (argument == "validation_data" and is_dataset(data)):
+        return data
+    raise TypeError(
+        f"`{argument}` must be a tuple (images, labels) or a keras.utils.PyDataset of such batches here. "
+        f"Received: {type(data).__name__}"
+    )
+
+
+def _fit_inputs(model, train_data, validation_data, batch_size, classes, epochs, augmentation, mixing, seed, strategy, backup_dir):
+    """What `fit` runs on: the model or its `MixingModel`, the training and validation batches, the steps per
+    epoch (None: unknown, or a `PyDataset` Keras reads anew each epoch), the un-augmented batches, and the
+    callbacks that follow the epochs (the order of `ArrayBatches`)."""
+    if not _in_step(train_data):
+        from keras_finetune import tf_pipeline
+
+        augment, mix = _random_layers(augmentation, mixing, model.input_shape[-1], classes, seed)
+        train, steps, plain = tf_pipeline.training_pipeline(
+            train_data, batch_size, classes, epochs, resumed_epoch(backup_dir), augment, mix, seed
+        )
+        validation = None if validation_data is None else tf_pipeline.validation_pipeline(validation_data, batch_size, classes)
+        return model, train, validation, steps, plain, []
+    train = _step_batches(train_data, "train_data", batch_size, classes, seed)
+    validation = None if validation_data is None else _step_batches(validation_data, "validation_data", batch_size, classes, seed)
+    with _scope(strategy):  # the layers' seeds are variables of the step
+        augment, mix = _random_layers(augmentation, mixing, model.input_shape[-1], classes, seed)
+        fitted = model if augment is None and mix is None else MixingModel(model, mix, augmentation=augment)
+    follow = [train.follow_epochs()] if isinstance(train, ArrayBatches) else []
+    return fitted, train, validation, None, train, follow
 
 
 def _classifier(model, num_classes, base_model, head, input_shape, strategy) -> tuple[keras.Model, keras.Model, int]:
@@ -224,44 +231,6 @@ def _untrained_batchnorm_train(base_model: keras.Model, frozen_epochs, unfreeze_
     return untrained
 
 
-def _training_batches(source, classes: int, channels: int, epochs: int, start: int, augmentation, mixing, seed):
-    """The training pipeline from epoch `start` on, its steps per epoch, and the un-augmented batches.
-
-    With a known number of batches it is one iterator over the remaining
-    epochs (a new one each short epoch costs more than the epoch), each epoch
-    built by `source(epoch)`; with a `seed`, the random layers are reseeded
-    from `(seed, epoch)` at its start, so epoch e draws the same whether the
-    run got there in one go or was resumed there.
-    """
-    plain = _one_hot(source(tf.constant(0, "int64")), classes, "train_data")
-    preset = {"seed": seed}
-    if channels != 3:  # saturation and hue need RGB
-        preset.update(saturation=None, hue=None)
-    augment = _part(augmentation, "augmentation", lambda options: image_augmentation(**{**preset, **options}))
-    mix = _part(mixing, "mixing", lambda options: MixUpOrCutMix(**{"seed": seed, **options}))
-    # Parallel calls would draw the random parameters in no fixed order.
-    parallel = None if seed is not None else tf.data.AUTOTUNE
-    states = pipeline_seed_states(*(part for part in (augment, mix) if isinstance(part, keras.layers.Layer)))
-
-    def randomised(batches: tf.data.Dataset) -> tf.data.Dataset:
-        if augment is not None:
-            batches = batches.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=parallel)
-        return batches if mix is None else batches.map(mix, num_parallel_calls=parallel)
-
-    @tf.autograph.experimental.do_not_convert  # plain Python control flow on Python values
-    def epoch_batches(epoch):
-        if seed is not None:
-            reseed(states, seed, epoch)
-        return randomised(_one_hot(source(epoch), classes, "train_data"))
-
-    steps = int(plain.cardinality())
-    check_not_empty(plain, "train_data")
-    if steps < 0:  # unknown length: Keras iterates the dataset anew each epoch
-        return randomised(plain), None, plain
-    train = tf.data.Dataset.range(start, max(epochs, start + 1)).flat_map(epoch_batches)
-    return train, steps, plain
-
-
 def _check_parts(swa, swa_lr, ema, layer_decay, label_smoothing, epochs: int, schedule, warmup_epochs: int, seed, callbacks) -> None:
     """The recipe's parts as `fine_tune` takes them, or the error that names the argument."""
     check_fraction(label_smoothing, "label_smoothing", below_one=True)
@@ -307,9 +276,13 @@ def _check_plumbing(optimizer, head, strategy, callbacks, backup_dir, verbose) -
             raise ValueError(f"`optimizer` must name a Keras optimizer (e.g. 'adam', 'sgd'). Received: optimizer={optimizer!r}") from None
     elif not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"`optimizer` must be a name or a keras.optimizers.Optimizer. Received: optimizer={optimizer!r}")
+    strategies = (keras.distribution.DataParallel, keras.distribution.ModelParallel)
+    tf = sys.modules.get("tensorflow")  # a tf.distribute strategy means TensorFlow is imported
+    if tf is not None:
+        strategies += (tf.distribute.Strategy,)
     kinds = (
         ("head", head, dict, "a dict of build_classifier options"),
-        ("strategy", strategy, (tf.distribute.Strategy, keras.distribution.DataParallel, keras.distribution.ModelParallel), "a tf.distribute.Strategy or a keras.distribution"),
+        ("strategy", strategy, strategies, "a tf.distribute.Strategy or a keras.distribution"),
         ("backup_dir", backup_dir, (str, os.PathLike), "a folder's path"),
     )
     for argument, value, kind, described in kinds:
@@ -335,18 +308,21 @@ def _unfreezing(base_model, unfreeze, frozen_epochs, epochs: int, learning_rate:
         raise ValueError(f"{error} (from unfreeze={unfreeze!r})") from None
 
 
-def _compile(model, base_model, optimizer, learning_rate: float, layer_decay, label_smoothing: float, from_logits: bool, strategy) -> None:
-    with contextlib.nullcontext() if strategy is None else strategy.scope():
+def _compile(fitted, model, base_model, optimizer, learning_rate: float, layer_decay, label_smoothing: float, from_logits: bool, strategy) -> None:
+    """Compile `model`, and the `fitted` wrapper (if it is one) with the same optimizer and loss."""
+    with _scope(strategy):
         if layer_decay is not None:
             optimizer = layer_decay_optimizer(model, base_model, learning_rate, decay=layer_decay, optimizer=optimizer)
         elif isinstance(optimizer, str):
             optimizer = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
         # Keras's own loss (our uniform smoothing is the same), so a saved model reloads without this package.
-        model.compile(
-            optimizer,
-            keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, from_logits=from_logits)
+        for compiled in {id(model): model, id(fitted): fitted}.values():
+            compiled.compile(optimizer, loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+def _scope(strategy):
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def _rate_schedule(schedule, learning_rate: float, epochs: int, warmup_epochs: int, steps):
@@ -437,7 +413,11 @@ def fine_tune(
        the preset; a dict: its options; a layer: that layer), then
        `MixUpOrCutMix` (True, a dict of options, or a layer). The preset
        leaves out saturation and hue for images without 3 channels. Labels become
-       one-hot rows first, in training and validation data alike.
+       one-hot rows first, in training and validation data alike. The
+       pipeline is `tf.data`, the layers in its maps; a `keras.utils.PyDataset`
+       (and arrays where TensorFlow is not installed, as `ArrayBatches`) feeds
+       `fit` directly, the layers running in the training step on the device
+       (`MixingModel`; the callbacks then see that wrapper as their `model`).
     5. Label smoothing `label_smoothing` in the loss (Keras's uniform
        convention; smoothing commutes with mixing, so the mixed labels are
        smoothed as timm does).
@@ -461,14 +441,15 @@ def fine_tune(
         model: keras.Model. A classifier, or a base when `num_classes` is set.
         train_data: a `tf.data.Dataset` of `(images, labels)` batches, a
             tuple `(images, labels)` of arrays (shuffled each epoch and
-            batched by `batch_size`), or a function `epoch -> dataset` of
+            batched by `batch_size`), a function `epoch -> dataset` of
             that epoch's batches (`epoch` a scalar int64 tensor; for data
             whose order must depend on the epoch alone, as a resumable run
-            needs). Labels: integer class ids or one-hot rows. A dataset
+            needs), or a `keras.utils.PyDataset` of `(images, labels)`
+            batches (e.g. `array_batches.ArrayBatches`). Labels: integer class ids or one-hot rows. A dataset
             that reshuffles itself each iteration repeats differently after
-            a resume.
-        validation_data: the same forms, evaluated after each epoch.
-            Defaults to `None`.
+            a resume. Without TensorFlow: arrays or a `PyDataset`.
+        validation_data: the same forms but a function, evaluated after each
+            epoch. Defaults to `None`.
         num_classes: int >= 2. Build a dropout head with this many classes on
             `model`. Defaults to `None` (`model` is the classifier).
         base_model: keras.Model. The base inside `model` to freeze and
@@ -562,29 +543,25 @@ def fine_tune(
     if freeze_batchnorm == "auto":
         untrained = _untrained_batchnorm_train(base_model, frozen_epochs if unfreeze is not None else 0, unfreeze_lr_factor)
     unfreezing = _unfreezing(base_model, unfreeze, frozen_epochs, epochs, learning_rate, unfreeze_lr_factor, freeze_batchnorm)
-    train, steps, bn_data = _training_batches(
-        _epoch_source(train_data, batch_size, seed), classes, model.input_shape[-1], epochs,
-        resumed_epoch(backup_dir), augmentation, mixing, seed,
+    fitted, train, validation, steps, bn_data, follow = _fit_inputs(
+        model, train_data, validation_data, batch_size, classes, epochs, augmentation, mixing, seed, strategy, backup_dir
     )
-    if validation_data is not None:
-        validation_data = _one_hot(_batches(validation_data, batch_size), classes, "validation_data")
-        check_not_empty(validation_data, "validation_data")
-
-    _compile(model, base_model, optimizer, learning_rate, layer_decay, label_smoothing, from_logits, strategy)
-    rate_schedule = _rate_schedule(schedule, learning_rate, epochs, warmup_epochs, steps)
-    recipe = [unfreezing, *_recipe_callbacks(seed, rate_schedule, swa, swa_lr, ema, bn_data, backup_dir)]
+    _compile(fitted, model, base_model, optimizer, learning_rate, layer_decay, label_smoothing, from_logits, strategy)
+    rate_schedule = _rate_schedule(schedule, learning_rate, epochs, warmup_epochs, steps or getattr(train, "num_batches", None))
+    recipe = [*follow, unfreezing, *_recipe_callbacks(seed, rate_schedule, swa, swa_lr, ema, bn_data, backup_dir)]
     backup = [] if backup_dir is None else [AtomicBackup(backup_dir)]
 
     with backend.fitting(strategy):
-        history = model.fit(
-            train.prefetch(tf.data.AUTOTUNE),
-            validation_data=None if validation_data is None else validation_data.prefetch(tf.data.AUTOTUNE),
+        history = fitted.fit(
+            train,
+            validation_data=validation,
             epochs=epochs,
             steps_per_epoch=steps,
             shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
             callbacks=recipe + list(callbacks or []) + backup,  # the backup last, once every log is written
             verbose=verbose,
         )
+    history.set_model(model)
     trained = [layer for layer in untrained if layer.trainable]
     if trained and swa is None and ema is None:  # SWA's and EMA's pass does this: statistics of the final weights, not lagging averages
         update_batchnorm(model, bn_data, layers=trained)

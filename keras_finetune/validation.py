@@ -220,15 +220,19 @@ def class_ids(labels, num_classes: int):
     if "float" not in dtype and "int" not in dtype:
         raise TypeError(f"Class ids must be integers. Received: labels of dtype {dtype}")
     if not traced(labels):
-        ids = np.asarray(keras.ops.convert_to_numpy(labels))
-        if "float" in dtype and not np.array_equal(ids, np.round(ids)):
-            raise ValueError(f"class ids given as floats must be whole numbers (0., 1., ...). Received: labels {ids.ravel()[:5]}...")
-        if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-            raise ValueError(
-                f"class ids must be in [0, {num_classes}); ids 1..{num_classes} need `labels - 1`. "
-                f"Received: labels from {ids.min()} to {ids.max()}"
-            )
+        check_class_ids(np.asarray(keras.ops.convert_to_numpy(labels)), num_classes)
     return keras.ops.cast(labels, "int32")
+
+
+def check_class_ids(ids: np.ndarray, num_classes: int) -> None:
+    """A ValueError unless the numbers `ids` are whole class ids in [0, num_classes)."""
+    if ids.dtype.kind == "f" and not np.array_equal(ids, np.round(ids)):
+        raise ValueError(f"class ids given as floats must be whole numbers (0., 1., ...). Received: labels {ids.ravel()[:5]}...")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        raise ValueError(
+            f"class ids must be in [0, {num_classes}); ids 1..{num_classes} need `labels - 1`. "
+            f"Received: labels from {ids.min()} to {ids.max()}"
+        )
 
 
 def _asserted_class_ids(tf, labels, num_classes: int):

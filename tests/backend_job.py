@@ -200,6 +200,22 @@ def recipe(classifier, base) -> dict:
     return {f"log_{name}": np.asarray(values, "float64") for name, values in history.history.items()}
 
 
+def recipe_in_step(classifier, base) -> dict:
+    """fine_tune on ArrayBatches, as arrays go where TensorFlow is missing: the mixing in the step (switched
+    off: the draws of a step differ between backends), SWA, the one-hot validation batches."""
+    from keras_finetune import fine_tune
+    from keras_finetune.array_batches import ArrayBatches
+
+    pixels = np.clip(IMAGES * 0.25 + 0.5, 0.0, 1.0)
+    layer = MixUp(num_classes=2, label_smoothing=0.2, seed=0)
+    history = fine_tune(
+        classifier, ArrayBatches(pixels, LABELS, BATCH, 2, seed=0), validation_data=(pixels[:16], LABELS[:16]),
+        base_model=base, epochs=4, learning_rate=0.01, freeze_batchnorm=True, seed=0, verbose=0,
+        augmentation=False, mixing=layer, callbacks=[StopMixing([layer], epoch=0)], swa=2,
+    )
+    return {f"log_{name}": np.asarray(values, "float64") for name, values in history.history.items()}
+
+
 def augmentation(classifier, base) -> dict:
     """tta_predict (its views drawn in a tf.data map), and image_augmentation inside a model on the backend's ops."""
     from keras_finetune import tta_predict
@@ -226,12 +242,13 @@ PARTS = {
     "mixing": mixing,
     "mixing_model": mixing_model,
     "fine_tune": recipe,
+    "fine_tune_in_step": recipe_in_step,
     "augmentation": augmentation,
 }
 
 
 # The parts whose training and data need no TensorFlow (benchmarks/gpu.py runs them where none is installed).
-WITHOUT_TENSORFLOW = ("batchnorm", "distiller", "ema", "mixing_model", "one_cycle", "schedules", "swa", "unfreezing")
+WITHOUT_TENSORFLOW = ("batchnorm", "distiller", "ema", "fine_tune_in_step", "mixing_model", "one_cycle", "schedules", "swa", "unfreezing")
 
 
 def write_start_weights(path) -> None:

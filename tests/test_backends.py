@@ -201,6 +201,81 @@ print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None, cha
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
+def test_fine_tune_without_tensorflow_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Arrays go through ArrayBatches and MixingModel there: every part on, killed after epoch 1, resumed."""
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import sys
+import keras, numpy as np
+from keras_finetune import fine_tune
+
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (40, 12, 12, 3)).astype("float32")
+y = (x[:, :6].mean(axis=(1, 2, 3)) > x[:, 6:].mean(axis=(1, 2, 3))).astype("int32")
+
+def base():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 255)(inputs)))
+    return keras.Model(inputs, keras.layers.ReLU()(h), name="base")
+
+class Killed(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("after epoch 1, before its backup")
+
+def run(callbacks=()):
+    return fine_tune(base(), (x, y), (x[:16], y[:16]), num_classes=2, epochs=4, frozen_epochs=1, batch_size=8, seed=3,
+                     swa=None, ema=0.9, backup_dir={str(tmp_path / "backup")!r}, callbacks=list(callbacks), verbose=0)
+
+whole = run()
+try:
+    run([Killed()])
+except KeyboardInterrupt:
+    pass
+resumed = run()
+print("epochs", len(whole.history["loss"]), len(resumed.history["loss"]))
+print("same", all(np.array_equal(a, b) for a, b in zip(whole.model.get_weights(), resumed.model.get_weights())))
+print("plain", type(whole.model).__name__, "tensorflow" in sys.modules)
+whole.model.save({str(tmp_path / "model.keras")!r})
+np.save({str(tmp_path / "predicted.npy")!r}, whole.model.predict(x, verbose=0))
+""")
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, WITHOUT_TENSORFLOW, str(script)], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = labelled_lines(result.stdout, ("epochs", "same", "plain"))
+    assert lines == {"epochs": "4 3", "same": "True", "plain": "Functional False"}
+    reload = f"""
+import keras, numpy as np
+model = keras.saving.load_model({str(tmp_path / "model.keras")!r})
+x = np.random.default_rng(0).uniform(0, 255, (40, 12, 12, 3)).astype("float32")
+print("equal", np.allclose(model.predict(x, verbose=0), np.load({str(tmp_path / "predicted.npy")!r}), rtol=1e-5, atol=1e-6))
+"""
+    assert labelled_lines(on_jax(reload).stdout, ("equal",)) == {"equal": "True"}
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
+def test_mixing_model_compiles_the_jax_step_that_keras_would_leave_uncompiled():
+    """Keras's rotation, zoom and translation layers say supports_jit=False (for TensorFlow's XLA): "auto"
+    leaves a JAX step holding them uncompiled, about 10 times slower. MixingModel's augmentation compiles."""
+    code = """
+import keras
+from keras_finetune.layers import image_augmentation
+from keras_finetune.models import MixingModel
+def classifier():
+    return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+inside = keras.Sequential([keras.Input((8, 8, 3)), image_augmentation(), classifier()])
+inside.compile("adam", "mse")
+wrapped = MixingModel(classifier(), augmentation=image_augmentation())
+wrapped.compile("adam", "mse")
+eager = MixingModel(classifier(), augmentation=image_augmentation())
+eager.compile("adam", "mse", run_eagerly=True)
+print("jit", inside.jit_compile, wrapped.jit_compile, eager.jit_compile)
+"""
+    assert labelled_lines(on_jax(code).stdout, ("jit",)) == {"jit": "False True False"}
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
 def test_command_without_tensorflow_says_what_to_install(tmp_path):
     code = """
 import sys
