@@ -5,7 +5,7 @@ TensorFlow, and no package registry: bring keras and its pure-Python
 dependencies as wheels (benchmarks/RESULTS.md gives the command used), put
 this repository on `PYTHONPATH`, and run
 
-    KERAS_BACKEND=jax python benchmarks/gpu.py [--sizes gpu|cpu|quick] [--rounds 5] [--parts checks,fit,mixing,crop]
+    KERAS_BACKEND=jax python benchmarks/gpu.py [--sizes gpu|cpu|quick] [--rounds 5] [--parts checks,fit,mixing,fine_tune,crop]
 
 Nothing here imports TensorFlow. The parts:
 
@@ -24,12 +24,16 @@ Nothing here imports TensorFlow. The parts:
    warm-up, `SWA` averaging every later epoch; BatchNorm stays frozen, as
    `fine_tune` keeps it), with `EMA` at every step, and with `OneCycle`
    setting the rate and `beta_1` before every step.
-   `fine_tune` itself builds a `tf.data` pipeline, so it needs TensorFlow;
-   what it runs on the device is this.
 3. Mixing: `MixingModel(classifier, MixUpOrCutMix(...))` on arrays, mixing
    on the device, against the same classifier fed batches mixed in numpy by
    a `keras.utils.PyDataset` (the `tf.data`-free input a JAX user writes).
-4. Crop: a small network with `RandomResizedCrop` in front, trained, against
+4. fine_tune: `fine_tune` itself on `ArrayBatches` (the path arrays take
+   without TensorFlow: `image_augmentation` and `MixUpOrCutMix` in the
+   step, on the device; the base frozen for one epoch, then unfrozen at a
+   tenth of the rate, cosine with warm-up, SWA from epoch 1) against a bare
+   `fit` of the same model, layers (`MixingModel`) and batches. Its
+   callbacks' epoch-begin work falls outside the timed epoch.
+5. Crop: a small network with `RandomResizedCrop` in front, trained, against
    the same network with `keras.layers.Resizing` there (one bilinear resize
    of the whole image, the crop's floor).
 
@@ -39,7 +43,7 @@ two trace), one epoch of each in turn (`timing.turn_taking_fits`); mixing and cr
 `--sizes cpu` runs them on sizes a 2-core CPU fits in minutes, `--sizes quick` on tiny ones (a smoke
 test).
 
-The fit, mixing and crop parts also run under `KERAS_BACKEND=torch` or `tensorflow`, for figures of
+The fit, mixing, fine_tune and crop parts also run under `KERAS_BACKEND=torch` or `tensorflow`, for figures of
 each backend on the same workload; the checks compare JAX's devices.
 """
 
@@ -59,9 +63,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_finetune import fine_tune  # noqa: E402
+from keras_finetune.array_batches import ArrayBatches  # noqa: E402
 from keras_finetune.callbacks import EMA, SWA, CosineAnnealing, OneCycle, ProgressiveUnfreezing  # noqa: E402
 from keras_finetune.heads import build_classifier  # noqa: E402
-from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop  # noqa: E402
+from keras_finetune.layers import MixUpOrCutMix, RandomResizedCrop, image_augmentation  # noqa: E402
 from keras_finetune.models import MixingModel  # noqa: E402
 
 from timing import interleaved_epochs, turn_taking_fits  # noqa: E402
@@ -233,6 +239,32 @@ def mixing(size: int, count: int, batch: int, rounds: int) -> None:
     print_rates(seconds, len(batches) * batch, "batches mixed in numpy")
 
 
+def recipe(size: int, count: int, batch: int, rounds: int) -> None:
+    """fine_tune on ArrayBatches against a bare fit of MixingModel with the same layers on the same batches, taking turns."""
+    x, y = images(count, size)
+    epochs = rounds + 2
+
+    def layers():
+        return image_augmentation(seed=0), MixUpOrCutMix(num_classes=CLASSES, seed=0)
+
+    def bare(callbacks, epochs):
+        classifier, _ = mobilenet(size)
+        augment, mix = layers()
+        trainer = MixingModel(classifier, mix, augmentation=augment)
+        trainer.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+        trainer.fit(ArrayBatches(x, y, batch, CLASSES, seed=0), epochs=epochs, verbose=0, callbacks=callbacks)
+
+    def recipe(callbacks, epochs):
+        classifier, base = mobilenet(size)
+        augment, mix = layers()
+        fine_tune(classifier, ArrayBatches(x, y, batch, CLASSES, seed=0), base_model=base, epochs=epochs,
+                  frozen_epochs=1, swa=1, augmentation=augment, mixing=mix, seed=0, callbacks=callbacks, verbose=0)
+
+    # Left out: the first two epochs (the first traces; the second unfreezes, traces again and compiles SWA's update).
+    seconds = {name: timed[2:] for name, timed in turn_taking_fits({"bare fit": bare, "fine_tune": recipe}, epochs).items()}
+    print_rates({name: float(np.median(timed)) for name, timed in seconds.items()}, count, "bare fit")
+
+
 def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
     """A small network behind RandomResizedCrop against the same behind a plain resize."""
     x, y = images(count, size)
@@ -258,12 +290,12 @@ def main():
     parser.add_argument("--sizes", choices=sorted(SIZES), default="gpu",
                         help="images, their side, batch and crop: gpu (the default), cpu (fits a 2-core CPU), quick (a smoke test)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--parts", default="checks,fit,mixing,crop", help="comma-separated: checks, fit, mixing, crop")
+    parser.add_argument("--parts", default="checks,fit,mixing,fine_tune,crop", help="comma-separated: checks, fit, mixing, fine_tune, crop")
     args = parser.parse_args()
     parts = args.parts.split(",")
-    unknown = sorted(set(parts) - {"checks", "fit", "mixing", "crop"})
+    unknown = sorted(set(parts) - {"checks", "fit", "mixing", "fine_tune", "crop"})
     if unknown:
-        raise SystemExit(f"--parts takes checks, fit, mixing and crop. Received: {unknown}")
+        raise SystemExit(f"--parts takes checks, fit, mixing, fine_tune and crop. Received: {unknown}")
     if "checks" in parts and keras.backend.backend() != "jax":
         raise SystemExit(f"The checks compare JAX's default device with its CPU. Received: KERAS_BACKEND={keras.backend.backend()}")
     size, count, batch, crop_size, crop_out = SIZES[args.sizes]
@@ -282,6 +314,9 @@ def main():
     if "mixing" in parts:
         section("Mixing: the same model and data, MixUpOrCutMix (MixUp α 0.2 or CutMix α 1, per batch)")
         mixing(size, count, batch, args.rounds)
+    if "fine_tune" in parts:
+        section("fine_tune: the same model and data, augmentation and MixUpOrCutMix in the step, against a bare fit of them")
+        recipe(size, count, batch, args.rounds)
     if "crop" in parts:
         section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
         crop(crop_size, crop_out, count, batch, args.rounds)
