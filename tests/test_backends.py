@@ -133,8 +133,9 @@ print("reloaded", int(again.optimizer.iterations.numpy()), again.optimizer.inner
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
-def test_ema_on_jax_runs_inside_the_step_and_its_averages_stay_out_of_the_saved_state(tmp_path):
-    """EMA's update is traced into JAX's step, its averages in the state `fit` hands it: no sync of that state per step."""
+def test_ema_and_one_cycle_on_jax_run_inside_the_step_and_their_state_stays_out_of_the_saved_one(tmp_path):
+    """EMA's update and OneCycle's next rate are traced into JAX's step, their variables in the state `fit` hands
+    it: no sync of that state per step."""
     code = f"""
 import keras, numpy as np
 from keras_finetune.callbacks import EMA, OneCycle
@@ -149,8 +150,10 @@ def counting():
     syncs[0] += not model._jax_state_synced
     sync()
 object.__setattr__(model, "jax_state_sync", counting)
-model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[EMA(0.5, warmup=False)])
-print("syncs", syncs[0])
+for callback in (EMA(0.5, warmup=False), OneCycle(0.1, cycle_momentum="auto")):
+    syncs[0] = 0
+    model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[callback])
+    print("syncs", type(callback).__name__, syncs[0])
 path = {str(tmp_path / "mid.keras")!r}
 model.fit(x, y, batch_size=2, epochs=2, verbose=0,
           callbacks=[OneCycle(0.1, cycle_momentum="auto"), EMA(0.9), keras.callbacks.ModelCheckpoint(path)])
@@ -160,9 +163,10 @@ print("reloaded", int(again.optimizer.iterations.numpy()), len(again.optimizer.v
 """
     result = on_jax(code)
     lines = labelled_lines(result.stdout, ("syncs", "after", "reloaded"))
-    assert lines["syncs"] == "2"  # fit's own, once an epoch; 8 when EMA updated after each of the 8 steps
+    # fit's own, once an epoch; 8 when EMA updated, or OneCycle set the rate, around each of the 8 steps
+    assert [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("syncs")] == [["EMA", "2"], ["OneCycle", "2"]]
     assert lines["after"] == "0.9 True False"  # the optimizer's variables and the model's train_step as compiled
-    assert lines["reloaded"] == "17 True"  # 1 + 8 + 8 steps, saved without the averages or the momentum
+    assert lines["reloaded"] == "25 True"  # 1 + 8 + 8 + 8 steps, saved without the averages, the momentum or the table
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")

@@ -46,7 +46,7 @@ class Recorder(keras.callbacks.Callback):
         super().__init__()
         self.attribute, self.rates, self.momenta = attribute, [], []
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):  # after OneCycle's, first in the list
         backend.sync(self.model)  # JAX holds the variables' values apart during an epoch
         optimizer = self.model.optimizer
         self.rates.append(float(optimizer.learning_rate.numpy()))
@@ -153,7 +153,7 @@ def fit_phases(restart_per_phase, learning_rates=None, epochs=4):
     rng = np.random.default_rng(0)
     unfreezing = ProgressiveUnfreezing(base, {0: 0, 2: "all"}, learning_rates)
     model.fit(rng.normal(size=(20, 4)), np.arange(20) % 2, batch_size=4, epochs=epochs, verbose=0,
-              callbacks=[recorder, OneCycle(0.01, restart_per_phase=restart_per_phase), unfreezing])
+              callbacks=[OneCycle(0.01, restart_per_phase=restart_per_phase), unfreezing, recorder])
     return np.array(recorder.rates), np.array(recorder.momenta)
 
 
@@ -185,7 +185,7 @@ def test_a_multi_optimizer_keeps_its_ratio_and_cycles_every_beta_1():
     class Both(keras.callbacks.Callback):
         seen = []
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):  # after OneCycle's
             backend.sync(self.model)
             self.seen.append([float(keras.ops.convert_to_numpy(v)) for v in
                               (head.learning_rate, body.learning_rate, head.beta_1, body.beta_1)])

@@ -92,6 +92,13 @@ def set_learning_rate(optimizer, value: float) -> None:
         holder.learning_rate = value * ratio
 
 
+def rate_variables(optimizer) -> list:
+    """`(variable, ratio)` of each optimizer's learning rate: what `set_learning_rate(value)` sets to `value * ratio`."""
+    if optimizer not in _RATIOS:
+        set_learning_rate(optimizer, current_learning_rate(optimizer))
+    return [(holder._learning_rate, ratio) for holder, ratio in zip(_holders(optimizer), _RATIOS[optimizer])]
+
+
 def _knows(optimizer, variables) -> bool:
     try:
         optimizer._check_variables_are_known(variables)
@@ -269,6 +276,26 @@ def leave_step_state(optimizer, variables: list) -> None:
             for method in ("save_own_variables", "load_own_variables"):
                 if method in vars(saver):
                     object.__delattr__(saver, method)
+
+
+def trace_after_each_step(model: keras.Model, then) -> bool:
+    """For this `fit`, make the model's train step Keras's and then `then()`, traced into it
+    (`backend.step_then`), where one device runs it; whether it could. `then` reads and sets
+    variables, which must have joined the step's state (`join_step_state`); `untrace_steps`
+    gives the model its own step back."""
+    step = backend.step_then(model, model.train_step, then) if backend.one_device(model) else None
+    if step is None:
+        return False
+    object.__setattr__(model, "train_step", step)  # past Keras's attribute tracking
+    model.make_train_function(force=True)
+    return True
+
+
+def untrace_steps(model: keras.Model) -> None:
+    """The model's own train step again, after `trace_after_each_step`."""
+    if "train_step" in vars(model):
+        object.__delattr__(model, "train_step")
+        model.make_train_function(force=True)
 
 
 def _savers(optimizer) -> list:

@@ -147,18 +147,13 @@ class EMA(keras.callbacks.Callback):
     def _fuse(self) -> None:
         """Trace the update into the train step; once every callback's on_train_begin ran (the optimizer kept)."""
         model = self.model
-        plain = getattr(model.train_step, "_without_ema", model.train_step)
+
         def then():  # not `self.model` in the traced step: on JAX that property puts `fit`'s state into the variables
             self._fold_in_step(model.optimizer.iterations)
 
-        train_step = backend.step_then(model, plain, then) if backend.one_device(model) else None
-        self._fused = train_step is not None
-        if not self._fused:
-            return
-        _optimizer.join_step_state(model.optimizer, self._step_state())
-        train_step._without_ema = plain
-        object.__setattr__(model, "train_step", train_step)  # past Keras's attribute tracking
-        model.make_train_function(force=True)
+        self._fused = _optimizer.trace_after_each_step(model, then)
+        if self._fused:
+            _optimizer.join_step_state(model.optimizer, self._step_state())
 
     def _step_state(self) -> list:
         average = self._average
@@ -175,9 +170,7 @@ class EMA(keras.callbacks.Callback):
     def _unfuse(self) -> None:
         if self._fused:
             _optimizer.leave_step_state(self.model.optimizer, self._step_state())
-        if "train_step" in vars(self.model):
-            object.__delattr__(self.model, "train_step")
-            self.model.make_train_function(force=True)
+        _optimizer.untrace_steps(self.model)
 
     @property
     def begun(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 
 from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
@@ -57,7 +58,10 @@ class OneCycle(keras.callbacks.Callback):
     optimizer, the others keep their ratios to it; every sub-optimizer's
     momentum is cycled.
 
-    The rate and momentum follow from the epoch and the batch alone, so a
+    On JAX, where the step reads only the state `fit` hands it, each
+    epoch's rates and momenta are a table in that state, and the step sets
+    the next step's from it; elsewhere the callback sets them before each
+    step. The rate and momentum follow from the epoch and the batch alone, so a
     run resumed by `keras.callbacks.BackupAndRestore` goes on mid-cycle as
     the uninterrupted one did. When `fit` ends the optimizer gets its
     compiled momentum back (its config, and a saved model, hold a float).
@@ -125,6 +129,7 @@ class OneCycle(keras.callbacks.Callback):
         self._cycles = None
         self._cycle = False
         self._epoch = 0
+        self._table = None  # JAX: this epoch's rates and momenta, read in the step (`_trace`)
 
     def set_model(self, model) -> None:
         super().set_model(model)
@@ -180,11 +185,53 @@ class OneCycle(keras.callbacks.Callback):
             self._cycles = self._make_cycles()
             if self._cycle:  # here, once ProgressiveUnfreezing has the optimizer it keeps
                 self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
+            if not backend.STEP_UPDATES_VARIABLES:
+                self._trace()
         self._epoch = epoch
+        if self._table is not None:
+            self._fill_table(epoch)
         if self.verbose:
             print(f"Epoch {epoch + 1}: OneCycle starts the epoch at learning rate {self.values(epoch, 0)[0]:.4g}.")
 
+    # On JAX, setting the rate before each step would put `fit`'s state back into the variables
+    # first, every step: host work that cost up to 21 % of a MobileNetV3Small step on an H200
+    # (benchmarks/RESULTS.md). The step sets the next step's values from a table instead.
+
+    def _trace(self) -> None:
+        """Trace the setting of the next step's rate and momentum into the train step, from a per-epoch table."""
+        model, optimizer, steps = self.model, self.model.optimizer, self.params["steps"]
+        rates = _optimizer.rate_variables(optimizer)
+        table = {
+            "values": keras.Variable(np.zeros((2, steps), "float32"), trainable=False, name="one_cycle_table"),
+            "first": keras.Variable(0, dtype=optimizer.iterations.dtype, trainable=False, name="one_cycle_first_step"),
+            "sets_rate": keras.Variable(True, trainable=False, name="one_cycle_sets_rate"),
+        }
+
+        def then():  # not `self.model` in the traced step: on JAX that property puts `fit`'s state into the variables
+            index = keras.ops.minimum(optimizer.iterations.value - table["first"].value, steps - 1)
+            rate, momentum = keras.ops.take(table["values"].value, index, axis=1)
+            for variable, ratio in rates:
+                variable.assign(keras.ops.where(table["sets_rate"].value, rate * ratio, variable.value))
+            for variable in self._momenta:
+                variable.assign(momentum)
+
+        _optimizer.join_step_state(optimizer, list(table.values()))
+        if _optimizer.trace_after_each_step(model, then):
+            self._table = table
+        else:
+            _optimizer.leave_step_state(optimizer, list(table.values()))
+
+    def _fill_table(self, epoch: int) -> None:
+        """Epoch `epoch`'s rates and momenta, each step's those of the batch Keras would call the callback at."""
+        every = self.model.steps_per_execution
+        values = [self.values(epoch, batch // every * every) for batch in range(self.params["steps"])]
+        self._table["values"].assign(np.asarray(values, "float32").T)
+        self._table["first"].assign(int(self.model.optimizer.iterations.numpy()))
+        self._table["sets_rate"].assign(not _optimizer.swa_sets_rate(self.model, epoch))
+
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if self._table is not None and batch:  # the step before this one set them
+            return
         backend.sync(self.model)
         rate, momentum = self.values(self._epoch, batch)
         if not _optimizer.swa_sets_rate(self.model, self._epoch):
@@ -200,6 +247,10 @@ class OneCycle(keras.callbacks.Callback):
             logs["momentum"] = float(self._momenta[0].numpy())
 
     def on_train_end(self, logs=None) -> None:
+        if self._table is not None:
+            _optimizer.leave_step_state(self.model.optimizer, list(self._table.values()))
+            _optimizer.untrace_steps(self.model)
+            self._table = None
         _optimizer.clear_controllers(self.model)
         if self._momenta:
             _optimizer.fixed_momentum(self.model)
