@@ -171,7 +171,7 @@ def _fit_inputs(model, train_data, validation_data, batch_size, classes, epochs,
     validation = None if validation_data is None else _step_batches(validation_data, "validation_data", batch_size, classes, seed)
     with _scope(strategy):  # the layers' seeds are variables of the step
         augment, mix = _random_layers(augmentation, mixing, model.input_shape[-1], classes, seed)
-        fitted = model if augment is None and mix is None else MixingModel(model, mix, augmentation=augment)
+        fitted = MixingModel(model, mix, augmentation=augment)  # which also makes integer labels one-hot
     follow = [train.follow_epochs()] if isinstance(train, ArrayBatches) else []
     return fitted, train, validation, None, train, follow
 

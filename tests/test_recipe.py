@@ -7,11 +7,13 @@ import tensorflow as tf
 from conftest import Snapshots, changed, make_base, needs_multi_optimizer, snapshot, with_statistics
 
 from keras_finetune import fine_tune
+from keras_finetune.array_batches import ArrayBatches
 from keras_finetune.callbacks import SWA, CosineAnnealing, EpochSeeds, ProgressiveUnfreezing, StepLR, update_batchnorm
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed, seed_states
 from keras_finetune.freezing import batchnorm_layers
 from keras_finetune.heads import build_classifier
 from keras_finetune.layers import MixUpOrCutMix, image_augmentation
+from keras_finetune.models import MixingModel
 
 NO_PARTS = {"augmentation": False, "mixing": False, "swa": None, "schedule": None}
 
@@ -382,3 +384,56 @@ def test_one_cycle_refuses_data_of_unknown_length(data):
     unknown = tf.data.Dataset.from_tensor_slices(data).filter(lambda x, y: True).batch(16)
     with pytest.raises(ValueError, match=r"unknown length.*Received: schedule=\"one_cycle\""):
         fine_tune(base_weights(), unknown, num_classes=4, epochs=8, frozen_epochs=2, schedule="one_cycle", verbose=0)
+
+
+def test_fine_tune_on_a_py_dataset_equals_the_same_parts_assembled_by_hand(data):
+    """Every part on, the random layers inside the step (MixingModel), the batches from ArrayBatches."""
+    options = {"flip": None, "hue": None, "saturation": None, "value_range": (-5, 5)}
+    history = fine_tune(
+        base_weights(), ArrayBatches(*data, 16, 4, seed=3), data, num_classes=4, epochs=5, frozen_epochs=2,
+        unfreeze=4, learning_rate=3e-3, unfreeze_lr_factor=0.2, warmup_epochs=1, augmentation=options,
+        mixing={"switch_prob": 0.5}, label_smoothing=0.2, swa=3, swa_lr=5e-4, seed=3, verbose=0,
+    )
+    assert not isinstance(history.model, MixingModel)  # the classifier itself, not the wrapper that fit
+
+    base = base_weights()
+    model = build_classifier(base, 4)
+    trainer = MixingModel(model, MixUpOrCutMix(switch_prob=0.5, num_classes=4, seed=3), augmentation=image_augmentation(seed=3, **options))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+    trainer.compile(model.optimizer, model.loss)
+    by_hand = ArrayBatches(*data, 16, 4, seed=3)
+
+    class Follow(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            by_hand.epoch = epoch
+
+    trainer.fit(by_hand, epochs=5, verbose=0, shuffle=False, callbacks=[
+        Follow(),
+        ProgressiveUnfreezing(base, {0: 0, 2: 4}, {0: 3e-3, 2: 3e-3 * 0.2}),
+        EpochSeeds(3),
+        CosineAnnealing(t_max=5, warmup_epochs=1),
+        SWA(3, swa_lr=5e-4, bn_data=by_hand),
+    ])
+    for mine, theirs in zip(history.model.weights, model.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+    unaugmented = fine_tune(
+        base_weights(), ArrayBatches(*data, 16, 4, seed=3), num_classes=4, epochs=5, frozen_epochs=2, unfreeze=4,
+        learning_rate=3e-3, unfreeze_lr_factor=0.2, warmup_epochs=1, augmentation=False, mixing=False,
+        label_smoothing=0.2, swa=3, swa_lr=5e-4, seed=3, verbose=0,
+    )
+    kernels = [m.get_layer("head_output").kernel.numpy() for m in (history.model, unaugmented.model)]
+    assert not np.allclose(*kernels)  # the random layers did draw
+    assert len(history.history["val_loss"]) == 5 and "val_loss" not in unaugmented.history
+
+    class ClassIds(ArrayBatches):  # a PyDataset of the caller's, its labels integer ids
+        def __getitem__(self, index):
+            images, labels = super().__getitem__(index)
+            return images, labels.argmax(axis=1)
+
+    ids = fine_tune(
+        base_weights(), ClassIds(*data, 16, 4, seed=3), num_classes=4, epochs=5, frozen_epochs=2, unfreeze=4,
+        learning_rate=3e-3, unfreeze_lr_factor=0.2, warmup_epochs=1, augmentation=False, mixing=False,
+        label_smoothing=0.2, swa=3, swa_lr=5e-4, seed=3, verbose=0,
+    )
+    for mine, theirs in zip(ids.model.weights, unaugmented.model.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-7, err_msg=mine.path)

@@ -41,8 +41,8 @@ class MixingModel(keras.Model):
             mixing). Defaults to `None`.
         augmentation: a Keras layer applied to the images of each training
             batch with `training=True` before mixing (e.g.
-            `image_augmentation()`), or None. Defaults to `None`. One of
-            `mixing` and `augmentation` must be given.
+            `image_augmentation()`), or None. Defaults to `None`. With
+            neither, the wrapper only turns integer labels one-hot.
 
     Example:
 
@@ -71,8 +71,6 @@ class MixingModel(keras.Model):
                 "MixingModel needs `augmentation` to be a Keras layer (e.g. image_augmentation()), or None. "
                 f"Received: augmentation={augmentation!r} of type {type(augmentation).__name__}"
             )
-        if mixing is None and augmentation is None:
-            raise ValueError("MixingModel needs a `mixing` layer, an `augmentation` layer or both. Received: neither")
         self.model = model
         self.mixing = mixing
         self.augmentation = augmentation
