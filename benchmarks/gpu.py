@@ -5,7 +5,7 @@ TensorFlow, and no package registry: bring keras and its pure-Python
 dependencies as wheels (benchmarks/RESULTS.md gives the command used), put
 this repository on `PYTHONPATH`, and run
 
-    KERAS_BACKEND=jax python benchmarks/gpu.py [--sizes gpu|cpu|quick] [--rounds 5] [--parts checks,fit,mixing,fine_tune,crop]
+    KERAS_BACKEND=jax python benchmarks/gpu.py [--sizes gpu|cpu|quick] [--rounds 5] [--parts checks,fit,mixing,fine_tune,compiled,crop]
 
 Nothing here imports TensorFlow. The parts:
 
@@ -33,7 +33,12 @@ Nothing here imports TensorFlow. The parts:
    tenth of the rate, cosine with warm-up, SWA from epoch 1) against a bare
    `fit` of the same model, layers (`MixingModel`) and batches. Its
    callbacks' epoch-begin work falls outside the timed epoch.
-5. Crop: a small network with `RandomResizedCrop` in front, trained, against
+5. Compiled: `MixingModel(classifier, augmentation=image_augmentation())`
+   as compiled (on JAX its step is, though Keras's rotation, zoom and
+   translation layers say `supports_jit=False`) against the same with
+   `jit_compile=False`, the step Keras's `"auto"` gives a model holding
+   those layers; the seconds to the end of the first epoch too.
+6. Crop: a small network with `RandomResizedCrop` in front, trained, against
    the same network with `keras.layers.Resizing` there (one bilinear resize
    of the whole image, the crop's floor).
 
@@ -43,7 +48,7 @@ two trace), one epoch of each in turn (`timing.turn_taking_fits`); mixing and cr
 `--sizes cpu` runs them on sizes a 2-core CPU fits in minutes, `--sizes quick` on tiny ones (a smoke
 test).
 
-The fit, mixing, fine_tune and crop parts also run under `KERAS_BACKEND=torch` or `tensorflow`, for figures of
+The fit, mixing, fine_tune, compiled and crop parts also run under `KERAS_BACKEND=torch` or `tensorflow`, for figures of
 each backend on the same workload; the checks compare JAX's devices.
 """
 
@@ -265,6 +270,24 @@ def recipe(size: int, count: int, batch: int, rounds: int) -> None:
     print_rates({name: float(np.median(timed)) for name, timed in seconds.items()}, count, "bare fit")
 
 
+def compiled(size: int, count: int, batch: int, rounds: int) -> None:
+    """MixingModel with image_augmentation, its step compiled, against the same step left uncompiled."""
+    x, y = images(count, size)
+
+    def trainer(jit_compile):
+        classifier, _ = mobilenet(size)
+        model = MixingModel(classifier, augmentation=image_augmentation(seed=0))
+        model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", jit_compile=jit_compile)
+        return lambda callbacks: model.fit(x, y, batch_size=batch, verbose=0, callbacks=callbacks)
+
+    fits = {"uncompiled (Keras's auto)": trainer(False), "MixingModel as compiled": trainer("auto")}
+    for name, fit in fits.items():  # what interleaved_epochs leaves out, timed
+        began = time.perf_counter()
+        fit([])
+        print(f"  {name}: first epoch, tracing included, {time.perf_counter() - began:.1f} s")
+    print_rates(interleaved_epochs(fits, rounds), count, "uncompiled (Keras's auto)")
+
+
 def crop(size: int, out: int, count: int, batch: int, rounds: int) -> None:
     """A small network behind RandomResizedCrop against the same behind a plain resize."""
     x, y = images(count, size)
@@ -290,12 +313,13 @@ def main():
     parser.add_argument("--sizes", choices=sorted(SIZES), default="gpu",
                         help="images, their side, batch and crop: gpu (the default), cpu (fits a 2-core CPU), quick (a smoke test)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--parts", default="checks,fit,mixing,fine_tune,crop", help="comma-separated: checks, fit, mixing, fine_tune, crop")
+    parser.add_argument("--parts", default="checks,fit,mixing,fine_tune,compiled,crop",
+                        help="comma-separated: checks, fit, mixing, fine_tune, compiled, crop")
     args = parser.parse_args()
     parts = args.parts.split(",")
-    unknown = sorted(set(parts) - {"checks", "fit", "mixing", "fine_tune", "crop"})
+    unknown = sorted(set(parts) - {"checks", "fit", "mixing", "fine_tune", "compiled", "crop"})
     if unknown:
-        raise SystemExit(f"--parts takes checks, fit, mixing, fine_tune and crop. Received: {unknown}")
+        raise SystemExit(f"--parts takes checks, fit, mixing, fine_tune, compiled and crop. Received: {unknown}")
     if "checks" in parts and keras.backend.backend() != "jax":
         raise SystemExit(f"The checks compare JAX's default device with its CPU. Received: KERAS_BACKEND={keras.backend.backend()}")
     size, count, batch, crop_size, crop_out = SIZES[args.sizes]
@@ -317,6 +341,9 @@ def main():
     if "fine_tune" in parts:
         section("fine_tune: the same model and data, augmentation and MixUpOrCutMix in the step, against a bare fit of them")
         recipe(size, count, batch, args.rounds)
+    if "compiled" in parts:
+        section("Compiled: MixingModel with image_augmentation, its step compiled or not")
+        compiled(size, count, batch, args.rounds)
     if "crop" in parts:
         section(f"Crop: {count} images {crop_size}x{crop_size}x3 to {crop_out}x{crop_out}, a conv and a dense layer behind")
         crop(crop_size, crop_out, count, batch, args.rounds)
