@@ -136,8 +136,13 @@ np.savez({str(path) + '.npz'!r}, *[v.numpy() for v in model.weights])
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, tmp_path):
-    """Dropout, shuffle, augmentation, MixUp/CutMix and SWA on; killed at a seeded random point of epoch 3 or later."""
-    run = [*TRAIN, "--data", photos, "--epochs", "6", "--swa", "3"]
+    """Dropout, shuffle, augmentation, MixUp/CutMix and SWA on; killed at a seeded random point of epoch 3 or later.
+
+    The glyphs network from scratch (the photographs made grey 8x8): the pipeline and the resume are the
+    same as MobileNetV3Small's, at a third of the time (14 s against 32 s a run); the module's fixture
+    trains MobileNetV3Small.
+    """
+    run = ["train", "--backbone", "glyphs", "--weights", "none", "--batch-size", "16", "--data", photos, "--epochs", "30", "--swa", "3"]
     command(*run, "--out", str(tmp_path / "whole"))
 
     killed = tmp_path / "killed"
@@ -157,7 +162,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, 
     epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
     assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
     rows = (killed / "epochs.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3", "4", "5"]  # each epoch once
+    assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(30)]  # each epoch once
     for mine, theirs in zip(final_weights(killed / "model.keras"), final_weights(tmp_path / "whole" / "model.keras")):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
 
