@@ -140,3 +140,15 @@ def test_a_subclassed_base_called_on_data_gets_its_head_and_input_shape_works_be
         fine_tune(Base(), (IMAGES, IDS), num_classes=3, **QUIET)
     history = fine_tune(Base(), (IMAGES, IDS), num_classes=3, input_shape=(8, 8, 1), **QUIET)
     assert history.model.output_shape == (None, 3)
+
+
+def test_on_a_py_dataset_bad_validation_data_and_labels_are_refused_naming_them():
+    from keras_finetune.array_batches import ArrayBatches
+
+    batches = ArrayBatches(IMAGES, IDS, 8, 3, seed=0)
+    with pytest.raises(TypeError, match=r"`validation_data` must be a tuple \(images, labels\) or a keras.utils.PyDataset.*Received: function"):
+        fine_tune(base(), batches, lambda epoch: None, num_classes=3, **QUIET)
+    with pytest.raises(ValueError, match=r"`validation_data` must be \(images, labels\) with one label per image"):
+        fine_tune(base(), batches, (IMAGES, IDS[:20]), num_classes=3, **QUIET)
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 3\)"):
+        fine_tune(base(), batches, (IMAGES, IDS + 1), num_classes=3, **QUIET)
