@@ -17,7 +17,7 @@ import math
 import keras
 import numpy as np
 
-from keras_finetune.validation import check_class_ids, check_count, is_int
+from keras_finetune.validation import check_class_ids, check_count, check_not_empty, check_one_label_per_image, is_int
 
 __all__ = ["ArrayBatches"]
 
@@ -54,13 +54,8 @@ class ArrayBatches(keras.utils.PyDataset):
         super().__init__()
         self.images = np.asarray(images)
         labels = np.asarray(labels)
-        if self.images.ndim == 0 or labels.ndim == 0 or self.images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"`{argument}` must be (images, labels) with one label per image. "
-                f"Received: arrays of shapes {[self.images.shape, labels.shape]}"
-            )
-        if self.images.shape[0] == 0:
-            raise ValueError(f"`{argument}` holds no sample: there is nothing to train or evaluate on. Received: 0 images")
+        check_one_label_per_image(self.images, labels, argument)
+        check_not_empty((self.images, labels), argument)
         self.labels = _labels_one_hot(labels, num_classes, argument)
         self.batch_size = check_count(batch_size, "batch_size", 1)
         if seed is not None and not is_int(seed):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_finetune.callbacks.epoch_seeds import epoch_order, reseed
 from keras_finetune.layers.data_layer import pipeline_seed_states
-from keras_finetune.validation import check_not_empty, class_ids
+from keras_finetune.validation import check_not_empty, check_one_label_per_image, class_ids
 
 __all__ = ["training_pipeline", "validation_pipeline"]
 
@@ -21,12 +21,7 @@ __all__ = ["training_pipeline", "validation_pipeline"]
 def _arrays(data: tuple, argument: str) -> tuple:
     """(images, labels) as tensors of as many samples each, or a ValueError naming `argument`."""
     arrays = tuple(tf.convert_to_tensor(array) for array in data)
-    counts = [int(array.shape[0]) if array.shape.rank else None for array in arrays]
-    if counts[0] is None or counts[0] != counts[1]:
-        raise ValueError(
-            f"`{argument}` must be (images, labels) with one label per image. "
-            f"Received: arrays of shapes {[tuple(array.shape) for array in arrays]}"
-        )
+    check_one_label_per_image(*arrays, argument)
     return arrays
 
 

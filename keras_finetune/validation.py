@@ -139,6 +139,15 @@ def check_data_format(data_format) -> str:
     return data_format
 
 
+def check_one_label_per_image(images, labels, argument: str) -> None:
+    """A ValueError naming `argument` unless `images` and `labels` (arrays or tensors) hold as many samples."""
+    shapes = [tuple(images.shape), tuple(labels.shape)]
+    if not shapes[0] or not shapes[1] or shapes[0][0] != shapes[1][0]:
+        raise ValueError(
+            f"`{argument}` must be (images, labels) with one label per image. Received: arrays of shapes {shapes}"
+        )
+
+
 def check_not_empty(data, argument: str) -> None:
     """A ValueError when `data` holds nothing: a dataset of no batch, or arrays of no sample.
 
