@@ -80,14 +80,41 @@ def test_linear_probe_trains_one_dense_layer_on_a_base_that_stays_pretrained(dig
     assert trainable_summary(model)["trainable_params"] == 128 * 10 + 10
 
 
-def test_distillation_trains_a_7x_smaller_student_and_leaves_the_teacher(digits):
+@pytest.mark.parametrize("transfer", [None, "digits"])
+def test_distillation_trains_a_7x_smaller_student_and_leaves_the_teacher(digits, transfer):
     teacher = demo.train_classifier(demo._copy(load_base()), *digits[0], seed=0, epochs=1)
     before = snapshot(teacher)
     base = demo.student_base(1)
-    student = demo.distil_student(base, teacher, *digits[0], seed=0, epochs=2)
+    student_before = snapshot(base)
+    renders = None if transfer is None else demo.transfer_images(transfer, 0)[:64]
+    student = demo.distil_student(base, teacher, *digits[0], seed=0, epochs=2, transfer=renders)
     assert changed(before, teacher) == set()
     assert student.layers[1] is base
+    assert "conv0/kernel" in changed(student_before, base)
     assert 7 * student.count_params() < teacher.count_params()
+
+
+def test_student_batches_hold_the_mixed_training_images_then_the_shifted_renders():
+    images, labels = np.zeros((6, 8, 8, 1), "float32"), np.array([0, 1, 2] * 2, "int32")
+    renders = np.ones((30, 8, 8, 1), "float32")
+    alone = next(iter(demo.student_batches(images, labels, seed=0)))
+    assert alone.shape == (demo.STUDENT_BATCH_SIZE, 8, 8, 1)  # images only: the teacher gives the targets
+    batch = next(iter(demo.student_batches(images, labels, seed=0, transfer=renders))).numpy()
+    assert batch.shape == (demo.STUDENT_BATCH_SIZE + demo.TRANSFER_PER_BATCH, 8, 8, 1)
+    assert not batch[: demo.STUDENT_BATCH_SIZE].any()  # the training images (black), shifted and mixed
+    # the renders (white) come after them, each shifted by at most a pixel: at least 7 of 8 rows stay white
+    assert (batch[demo.STUDENT_BATCH_SIZE :].mean(axis=(1, 2, 3)) >= 49 / 64).all()
+
+
+def test_transfer_images_are_printed_digits_for_the_digits_and_none_for_the_unseen_letters():
+    renders = demo.transfer_images("digits", 3)
+    assert renders.shape == (demo.TRANSFER_IMAGES, 8, 8, 1) and renders.dtype == np.float32
+    assert 0.0 <= renders.min() and renders.max() <= 1.0
+    np.testing.assert_array_equal(renders, glyphs.render("0123456789", demo.TRANSFER_IMAGES, demo.TRANSFER_SEED + 3)[0])
+    assert not np.array_equal(renders, demo.transfer_images("digits", 4))  # each seed its own renders
+    assert demo.transfer_images("greek", 3) is None
+    with pytest.raises(ValueError, match="Received: target='mnist'"):
+        demo.transfer_images("mnist", 3)
 
 
 def test_format_table_gives_each_row_its_paired_difference_to_the_full_recipe():
