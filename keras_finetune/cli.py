@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--first-seed", type=int, default=0,
                       help="the first seed; settings were tuned on 100-104 (default: 0)")
     demo.add_argument("--epochs", type=_positive_int, default=60,
-                      help="epochs of every recipe (default: 60)")
+                      help="epochs of every recipe; the two students train twice as many (default: 60)")
     demo.add_argument("--report", default="keras-finetune-demo.png",
                       help="PNG report of the first seed's fine_tune run and the ablation (default: keras-finetune-demo.png)")
     _add_train(commands)

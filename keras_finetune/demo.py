@@ -56,6 +56,7 @@ __all__ = [
     "two_fits",
     "fine_tune_recipe",
     "transfer_images",
+    "student_batches",
     "distil_student",
     "run_demo",
     "format_table",
@@ -254,8 +255,8 @@ def transfer_images(target: str, seed: int) -> np.ndarray | None:
 
 def student_batches(images, labels, seed: int, transfer=None) -> tf.data.Dataset:
     """Endless unlabelled batches for the distilled student: `STUDENT_BATCH_SIZE` training images
-    augmented and mixed as `fine_tune` does it, then (with `transfer`) `TRANSFER_PER_BATCH` of those
-    images shifted the same way."""
+    augmented and mixed as `fine_tune` does it, then (with `transfer`) `TRANSFER_PER_BATCH` of the
+    `transfer` images, shifted the same way and not mixed."""
     classes = int(labels.max()) + 1
     augment = image_augmentation(**{**AUGMENTATION, "seed": seed})
     mix = MixUpOrCutMix(**{**MIXING, "num_classes": classes, "seed": seed})
