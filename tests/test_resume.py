@@ -15,9 +15,18 @@ BATCHES = 36  # 6 epochs of 6 batches
 BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
 
+def started(part, backup, weights, *stop):
+    return subprocess.Popen([sys.executable, str(JOB), part, str(backup), str(weights), *stop],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process):
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def job(part, backup, weights, *stop):
-    return subprocess.run([sys.executable, str(JOB), part, str(backup), str(weights), *stop],
-                          capture_output=True, text=True, timeout=600)
+    return finished(started(part, backup, weights, *stop))
 
 
 def weights_of(path):
@@ -27,12 +36,14 @@ def weights_of(path):
 
 @pytest.mark.parametrize("part", ["unfreezing", "steps", "one_cycle", "swa", "ema", "fine_tune"])
 def test_a_run_killed_then_interrupted_ends_with_the_uninterrupted_weights(part, tmp_path):
-    whole = job(part, tmp_path / "whole_backup", tmp_path / "whole.npz")
-    assert whole.returncode == 0, whole.stderr
+    # The uninterrupted run beside the killed one: two processes that share nothing, on two cores.
+    uninterrupted = started(part, tmp_path / "whole_backup", tmp_path / "whole.npz")
     rng = np.random.default_rng(sum(map(ord, part)))
     kill_at = int(rng.integers(2, BATCHES - 8))
     backup, weights = tmp_path / "backup", tmp_path / "resumed.npz"
     killed = job(part, backup, weights, "--kill-at", str(kill_at))
+    whole = finished(uninterrupted)
+    assert whole.returncode == 0, whole.stderr
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     done = (kill_at // 6) * 6  # whole epochs the backup may hold
     interrupted = job(part, backup, weights, "--raise-at", str(int(rng.integers(1, BATCHES - done))))
