@@ -8,9 +8,11 @@ process's stderr as they load, before any logging setting can reach them.
 This module sits outside the package so that it runs before that import:
 it sets `TF_CPP_MIN_LOG_LEVEL` (unless the user did) and holds file
 descriptor 2 while the package loads, then passes on every line that is not
-start-up noise.
+start-up noise. Worker processes of a command start through `start_worker`,
+which does the same.
 """
 
+import contextlib
 import importlib
 import os
 import re
@@ -24,28 +26,34 @@ _NOISE = re.compile(
 )
 
 
-def main() -> int:
+@contextlib.contextmanager
+def _quiet_start():
+    """Holds file descriptor 2 while TensorFlow loads, then passes on every line that is not start-up noise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            from keras_finetune import cli
-
-            importlib.import_module("tensorflow")  # every command reads images with tf.data; its start-up lines go here too
-        except ModuleNotFoundError as error:
-            if error.name != "tensorflow":
-                raise
-            cli = None
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-            if not _NOISE.match(line):
-                sys.stderr.write(line)
-    if cli is None:
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _NOISE.match(line):
+                    sys.stderr.write(line)
+
+
+def main() -> int:
+    try:
+        with _quiet_start():
+            from keras_finetune import cli
+
+            importlib.import_module("tensorflow")  # every command reads images with tf.data; its start-up lines go here too
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
         sys.stderr.write(
             "keras-finetune: the command reads image folders with tf.data and needs TensorFlow, which is not "
             "installed (it is optional on the JAX and PyTorch backends). Install it: pip install "
@@ -53,6 +61,16 @@ def main() -> int:
         )
         return 1
     return cli.main()
+
+
+def start_worker(setup: str) -> None:
+    """Starts a worker process (a `multiprocessing` initializer, as `keras-finetune demo` uses):
+    imports the module of `setup` ("module:function") as `main` imports the package, then calls the
+    function."""
+    module, function = setup.split(":")
+    with _quiet_start():
+        loaded = importlib.import_module(module)
+    getattr(loaded, function)()
 
 
 if __name__ == "__main__":

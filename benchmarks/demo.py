@@ -11,7 +11,11 @@ prints its table, then the targets measured on it:
 Settings were chosen on seeds 100-104; the demo reports seeds 0-2, and seeds
 10-19 are a second set nobody tuned on.
 
-    python benchmarks/demo.py [--configs digits:3:0:3,digits:3:10:10,...] [--epochs 60]
+The runs are spread over worker processes as `keras-finetune demo` spreads
+them (`--jobs`, default one per CPU core, at most 4), so the tables are the
+ones the command prints.
+
+    python benchmarks/demo.py [--configs digits:3:0:3,digits:3:10:10,...] [--epochs 60] [--jobs N]
 """
 
 import argparse
@@ -47,11 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=CONFIGS, help="comma-separated target:shots:first_seed:seeds")
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU core, at most 4)")
     args = parser.parse_args()
     for config in args.configs.split(","):
         target, shots, first_seed, seeds = config.split(":")
         print(f"\n== demo --target {target} --shots {shots} --first-seed {first_seed} --seeds {seeds}", flush=True)
-        results = demo.run_demo(target, int(shots), int(seeds), int(first_seed), args.epochs, report=None)
+        results = demo.run_demo(target, int(shots), int(seeds), int(first_seed), args.epochs, report=None, jobs=args.jobs)
         print(targets(results), flush=True)
 
 

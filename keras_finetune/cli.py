@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="epochs of every recipe; the two students train twice as many (default: 60)")
     demo.add_argument("--report", default="keras-finetune-demo.png",
                       help="PNG report of the first seed's fine_tune run and the ablation (default: keras-finetune-demo.png)")
+    demo.add_argument("--jobs", type=_positive_int, default=None,
+                      help="worker processes the runs are spread over (default: one per CPU core, at most 4)")
     _add_train(commands)
     _add_distill(commands)
     evaluate = commands.add_parser(
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         from keras_finetune.demo import run_demo
 
         run_demo(target=args.target, shots=args.shots, seeds=args.seeds, first_seed=args.first_seed,
-                 epochs=args.epochs, report=args.report)
+                 epochs=args.epochs, report=args.report, jobs=args.jobs)
         return 0
     with _one_line_warnings(args.command):
         try:

@@ -26,8 +26,12 @@ from noise. Settings were chosen on seeds 100-104; the demo reports seeds
 from __future__ import annotations
 
 import functools
+import logging
+import multiprocessing
 import os
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import keras
 import numpy as np
@@ -117,6 +121,8 @@ DISTILLATION = {"alpha": 0.0, "temperature": 2.0}
 # epoch. In the run's own batches of 16 (111 steps an epoch) that took 27-42 s against the run's 3 s;
 # in batches of 512 it is four steps an epoch.
 VALIDATION_BATCH_SIZE = 512
+# Worker processes at most: each holds its own TensorFlow (about 1 GB).
+MAX_JOBS = 4
 _GREEK_HELD_OUT = (2000, 2_000_000)  # images, seed
 
 
@@ -327,12 +333,19 @@ def run_demo(
     rows=ROWS,
     report: str | None = "keras-finetune-demo.png",
     print_fn=print,
+    jobs: int | None = 1,
 ) -> dict:
     """Run each row for each seed, print the table and save the report.
 
     Seed `first_seed`'s full `fine_tune` run also evaluates the held-out
     images after each epoch, for the report's curves (`report`: a PNG path,
-    or `None` for none).
+    or `None` for none). `jobs` worker processes share the runs (`None`:
+    one per CPU core, at most `MAX_JOBS`; `keras-finetune demo` does that):
+    a run keeps one core busy, most of it tracing. `jobs=1`, the default,
+    runs them in this process. A script that asks for workers must call
+    `run_demo` under `if __name__ == "__main__":`, as with any spawned
+    process. Each run seeds itself, so the table does not depend on the
+    order the runs take.
 
     Returns:
         A dict from row to a list of `(accuracy, seconds)`, one per seed.
@@ -341,6 +354,7 @@ def run_demo(
     check_count(seeds, "seeds", 1)
     check_count(epochs, "epochs", 2)
     check_count(first_seed, "first_seed", 0)
+    jobs = _cores_for(MAX_JOBS) if jobs is None else check_count(jobs, "jobs", 1)
     _check_target(target)
     unknown = [row for row in rows if row not in ROWS]
     if unknown or (FULL not in rows and (DISTILLED in rows or report)):
@@ -348,42 +362,107 @@ def run_demo(
             f"`rows` must be rows of ROWS, with {FULL!r} for the distilled student and the report. "
             f"Received: rows={unknown or list(rows)}"
         )
-    pretrained = load_base("glyphs")
-    results = {row: [] for row in rows}
+    tasks = _tasks(rows, range(first_seed, first_seed + seeds))
+    run = functools.partial(_run_rows, target, shots, epochs, first_seed if report else None)
+    results = {row: [None] * seeds for row in rows}
     progress = keras.utils.Progbar(seeds * len(rows), unit_name="run")
-    history = teacher = None
-    for seed in range(first_seed, first_seed + seeds):
-        data, held_out = target_task(target, shots, seed)
-        validation = None
-        if seed == first_seed and report:
-            validation = tf.data.Dataset.from_tensor_slices(held_out).batch(VALIDATION_BATCH_SIZE)
-        runs = _runs(pretrained, data, seed, epochs, validation)
-        for row in rows:
-            start = time.perf_counter()
-            if row == DISTILLED:
-                model = distil_student(
-                    student_base(seed + 2000), teacher, *data, seed, STUDENT_EPOCHS_FACTOR * epochs,
-                    transfer_images(target, seed),
-                )
-            else:
-                model = runs[row]()
-            seconds = time.perf_counter() - start
-            if isinstance(model, keras.callbacks.History):  # fine_tune's rows
-                if row == FULL:
-                    history = model if validation is not None else history
-                    teacher = model.model
-                model = model.model
-            results[row].append((_accuracy(model, *held_out), seconds))
-            progress.add(1)
+    history = None
+    for seed, runs, held_out, curves in _map(run, tasks, min(jobs, len(tasks))):
+        for row, outcome in runs.items():
+            results[row][seed - first_seed] = outcome
+        history = curves or history
+        progress.add(len(runs))
     title = (
         f"{TARGETS[target]}, {shots} labelled image{'s' if shots > 1 else ''} per class, glyphs base; "
-        f"accuracy on {len(held_out[1])} held-out images, seeds {first_seed}-{first_seed + seeds - 1}"
+        f"accuracy on {held_out} held-out images, seeds {first_seed}-{first_seed + seeds - 1}"
     )
     print_fn(format_table(results, title))
     if report:
         plot_demo(history, results, report, title)
         print_fn(f"Report (seed {first_seed}'s fine_tune run and the ablation): {os.path.abspath(report)}")
     return results
+
+
+def _tasks(rows, seeds) -> list[tuple[int, tuple]]:
+    """`(seed, rows)` for each task: the full recipe with the student distilled from it (the longest
+    task, first), then each other row alone."""
+    together = tuple(row for row in (FULL, DISTILLED) if row in rows)
+    first = [(seed, together) for seed in seeds] if together else []
+    return first + [(seed, (row,)) for seed in seeds for row in rows if row not in together]
+
+
+def _run_rows(target: str, shots: int, epochs: int, validation_seed, task) -> tuple:
+    """Runs a task's rows for its seed: `(seed, {row: (accuracy, seconds)}, held-out images, the full
+    run's history dict where it evaluated the held-out images after each epoch, else None)`."""
+    seed, rows = task
+    data, held_out = target_task(target, shots, seed)
+    validation = None
+    if seed == validation_seed and FULL in rows:
+        validation = tf.data.Dataset.from_tensor_slices(held_out).batch(VALIDATION_BATCH_SIZE)
+    runs = _runs(_pretrained(), data, seed, epochs, validation)
+    outcomes, curves, teacher = {}, None, None
+    for row in rows:
+        start = time.perf_counter()
+        if row == DISTILLED:
+            model = distil_student(
+                student_base(seed + 2000), teacher, *data, seed, STUDENT_EPOCHS_FACTOR * epochs,
+                transfer_images(target, seed),
+            )
+        else:
+            model = runs[row]()
+        seconds = time.perf_counter() - start
+        if isinstance(model, keras.callbacks.History):  # fine_tune's rows
+            if row == FULL:
+                curves = model.history if validation is not None else None
+                teacher = model.model
+            model = model.model
+        outcomes[row] = (_accuracy(model, *held_out), seconds)
+    return seed, outcomes, len(held_out[1]), curves
+
+
+@functools.lru_cache(maxsize=1)
+def _pretrained() -> keras.Model:
+    """The shipped base, loaded once per process; each row trains a copy."""
+    return load_base("glyphs")
+
+
+def _map(function, tasks, jobs: int):
+    """`function` over `tasks`: here when `jobs` is 1, else in that many spawned workers, as they finish."""
+    if jobs == 1:
+        yield from map(function, tasks)
+        return
+    import keras_finetune_cli  # the launcher, outside the package: it imports TensorFlow without its start-up lines
+
+    before = set(multiprocessing.active_children())
+    start = (f"{__name__}:_start_worker",)
+    # Not multiprocessing.Pool: it replaces a worker that dies (killed for memory, or a script that
+    # spawns again on import) and waits for its task forever; this pool raises BrokenProcessPool.
+    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), keras_finetune_cli.start_worker, start) as pool:
+        futures = [pool.submit(function, task) for task in tasks]
+        workers = set(multiprocessing.active_children()) - before
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:  # Ctrl-C (the workers ignore it), a failed run: end the other runs now
+            for worker in workers:
+                worker.terminate()
+            raise
+
+
+def _start_worker() -> None:
+    # One thread each: the workers share the cores. Ctrl-C is the parent's to handle (it ends them).
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # AutoGraph's notes on traced functions
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _cores_for(most: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, most))
 
 
 def format_table(results: dict, title: str) -> str:

@@ -1,5 +1,8 @@
+import os
 import re
+from concurrent.futures.process import BrokenProcessPool
 
+import keras_finetune_cli
 import numpy as np
 import pytest
 from conftest import changed, snapshot
@@ -126,21 +129,41 @@ def test_format_table_gives_each_row_its_paired_difference_to_the_full_recipe():
     assert re.search(r"fine_tune, every part\s+85\.0 ±  5\.0 %\s+2\.0", table)
 
 
-def test_demo_command_prints_every_row_with_its_difference_and_saves_the_report(capsys, tmp_path):
+def test_demo_command_prints_every_row_with_its_difference_and_saves_the_report(capfd, tmp_path):
     report = tmp_path / "demo.png"
-    argv = ["demo", "--shots", "1", "--seeds", "1", "--epochs", "4", "--report", str(report)]  # format_table's test has two
+    argv = ["demo", "--shots", "1", "--seeds", "1", "--epochs", "4", "--report", str(report), "--jobs", "2"]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert "scikit-learn's handwritten digits 0-9, 1 labelled image per class, glyphs base; " in out
     assert "accuracy on 1787 held-out images, seeds 0-0" in out
+    printed = {}
     for row in demo.ROWS:
         pattern = rf"{re.escape(row)}\s+([\d.]+) ±\s+([\d.]+) %\s+" + ("" if row == demo.FULL else r"[-+][\d.]+ ±\s+[\d.]+\s+") + r"([\d.]+)"
         match = re.search(pattern, out)
         assert match, f"no row for {row!r} in:\n{out}"
         assert 0.0 <= float(match.group(1)) <= 100.0 and float(match.group(3)) > 0.0
+        printed[row] = match.group(1)
     assert f"{len(demo.ROWS)}/{len(demo.ROWS)}" in out  # the progress bar counted every run
     assert f"Report (seed 0's fine_tune run and the ablation): {report}" in out
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the two workers start TensorFlow without its start-up lines, as the command itself does
+    assert not [line for line in err.splitlines() if keras_finetune_cli._NOISE.match(line)]
+    # and their runs give what the same runs give in this process
+    here = demo.run_demo(shots=1, seeds=1, epochs=4, rows=(demo.SCRATCH, demo.PROBE), report=None, print_fn=lambda _: None)
+    assert {row: f"{100 * runs[0][0]:.1f}" for row, runs in here.items()} == {row: printed[row] for row in here}
+
+
+def test_run_demo_puts_each_workers_runs_in_their_seeds_place():
+    rows = (demo.PROBE,)
+    spread = demo.run_demo(seeds=3, first_seed=4, epochs=2, rows=rows, report=None, print_fn=lambda _: None, jobs=2)
+    here = demo.run_demo(seeds=3, first_seed=4, epochs=2, rows=rows, report=None, print_fn=lambda _: None)
+    assert [a for a, _ in spread[demo.PROBE]] == [a for a, _ in here[demo.PROBE]]
+    assert len(set(a for a, _ in here[demo.PROBE])) == 3  # three seeds, three different results
+
+
+def test_a_worker_that_dies_ends_the_demo_instead_of_leaving_it_waiting():
+    with pytest.raises(BrokenProcessPool):
+        list(demo._map(os._exit, [3], jobs=2))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -150,6 +173,7 @@ def test_demo_command_prints_every_row_with_its_difference_and_saves_the_report(
     ({"shots": 0}, r"`shots` must be an int in \[1, 100\]. Received: shots=0"),
     ({"seeds": 2.0}, "`seeds` must be an int >= 1. Received: seeds=2.0"),
     ({"epochs": 1}, "`epochs` must be an int >= 2. Received: epochs=1"),
+    ({"jobs": 0}, "`jobs` must be an int >= 1. Received: jobs=0"),
 ])
 def test_run_demo_refuses_bad_arguments_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
