@@ -27,7 +27,7 @@ _NOISE = re.compile(
 
 
 @contextlib.contextmanager
-def _quiet_start():
+def quiet_start():
     """Holds file descriptor 2 while TensorFlow loads, then passes on every line that is not start-up noise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved = os.dup(2)
@@ -47,7 +47,7 @@ def _quiet_start():
 
 def main() -> int:
     try:
-        with _quiet_start():
+        with quiet_start():
             from keras_finetune import cli
 
             importlib.import_module("tensorflow")  # every command reads images with tf.data; its start-up lines go here too
@@ -68,7 +68,7 @@ def start_worker(setup: str) -> None:
     imports the module of `setup` ("module:function") as `main` imports the package, then calls the
     function."""
     module, function = setup.split(":")
-    with _quiet_start():
+    with quiet_start():
         loaded = importlib.import_module(module)
     getattr(loaded, function)()
 

@@ -1,14 +1,14 @@
 import contextlib
-import os
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras_finetune_cli
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+with keras_finetune_cli.quiet_start():  # TensorFlow's start-up lines, which no log level silences
+    import keras
+    import tensorflow as tf
 
 # Two logical CPU devices for MirroredStrategy tests, as Keras's own tests do;
 # this must happen before TensorFlow initialises its devices.
