@@ -53,6 +53,8 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from keras_finetune.validation import check_count, check_positive
+
 __all__ = ["get_strategy", "multi_worker_strategy", "run_local_workers"]
 
 _logger = logging.getLogger(__name__)
@@ -209,10 +211,8 @@ def run_local_workers(command: Sequence[str], num_workers: int = 2, timeout: flo
     """
     if isinstance(command, str) or not command or not all(isinstance(part, str) for part in command):
         raise TypeError(f"`command` must be a non-empty list of str. Received: command={command!r}")
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
-        raise ValueError(f"`num_workers` must be a positive int. Received: num_workers={num_workers!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"`timeout` must be positive. Received: timeout={timeout!r}")
+    check_count(num_workers, "num_workers", 1)
+    check_positive(timeout, "timeout")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(num_workers)]}
     with tempfile.TemporaryDirectory() as folder:
         logs = [

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import keras
 
+from keras_finetune.validation import check_count, is_int, is_number
+
 __all__ = ["build_classifier"]
 
 _POOLING = {
@@ -18,7 +20,7 @@ _POOLING = {
 
 
 def _as_tuple(value, argument: str) -> tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return (value,)
     if isinstance(value, Sequence) and not isinstance(value, str):
         return tuple(value)
@@ -42,11 +44,8 @@ def _dropout(rate: float, name: str) -> keras.layers.Dropout:
 
 
 def _check_arguments(num_classes, hidden_units, dropout, pooling):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}"
-        )
-    if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in hidden_units):
+    check_count(num_classes, "num_classes", 1)
+    if not all(is_int(units) and units >= 1 for units in hidden_units):
         raise ValueError(
             "`hidden_units` must be positive ints. "
             f"Received: hidden_units={hidden_units!r}"
@@ -59,10 +58,7 @@ def _check_arguments(num_classes, hidden_units, dropout, pooling):
             f"{len(hidden_units) + 1} rates for hidden_units={hidden_units!r}. "
             f"Received: dropout={dropout!r}"
         )
-    if any(
-        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0
-        for rate in dropout
-    ):
+    if not all(is_number(rate) and 0.0 <= rate < 1.0 for rate in dropout):
         raise ValueError(f"Dropout rates must be in [0, 1). Received: dropout={dropout!r}")
     if pooling not in ("avg", "max", "flatten", None):
         raise ValueError(

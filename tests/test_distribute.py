@@ -218,6 +218,7 @@ def test_workers_still_running_at_the_time_out_are_stopped(tmp_path):
         (([],), TypeError, r"Received: command=\[\]"),
         ((["python"], 0), ValueError, "Received: num_workers=0"),
         ((["python"], 2, 0), ValueError, "Received: timeout=0"),
+        ((["python"], 2, True), TypeError, "Received: timeout=True"),
     ],
 )
 def test_bad_launch_arguments_are_refused(arguments, error, message):

@@ -22,6 +22,8 @@ import os
 import keras
 import numpy as np
 
+from keras_finetune.validation import check_bool, is_int
+
 __all__ = ["names", "info", "build_base", "source_classifier", "load_base", "weights_path", "sha256"]
 
 _FOLDER = os.path.dirname(os.path.abspath(__file__))
@@ -71,7 +73,7 @@ def _input_shape(input_shape) -> tuple[int | None, int | None, int]:
         shape = (*shape, 1)
     if (
         shape is None or len(shape) != 3 or shape[2] not in (1, 3)
-        or any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 4) for s in shape[:2])
+        or any(s is not None and not (is_int(s) and s >= 4) for s in shape[:2])
     ):
         raise ValueError(
             "`input_shape` must be (height, width) or (height, width, channels) with sides >= 4 "
@@ -92,7 +94,7 @@ def build_base(name: str = "glyphs", input_shape=None, filters=None) -> keras.Mo
     _check_name(name)
     shape = _input_shape(input_shape)
     widths = _FILTERS if filters is None else tuple(filters)
-    if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    if len(widths) != 4 or not all(is_int(width) and width >= 1 for width in widths):
         raise ValueError(f"`filters` must be four positive ints. Received: filters={filters!r}")
     inputs = keras.Input(shape, name="images")
     x = inputs
@@ -152,8 +154,7 @@ def load_base(name: str = "glyphs", input_shape=None, include_top: bool = False)
     ```
     """
     _check_name(name)
-    if not isinstance(include_top, bool):
-        raise TypeError(f"`include_top` must be a bool. Received: include_top={include_top!r}")
+    check_bool(include_top, "include_top")
     if include_top and _input_shape(input_shape) != (8, 8, 1):
         raise ValueError(f"The source classifier takes 8x8x1 images. Received: input_shape={input_shape!r}")
     source = source_classifier(build_base(name), len(info(name)["characters"]))
