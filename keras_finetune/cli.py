@@ -135,17 +135,20 @@ def _add_distill(commands) -> None:
             "Train a student (a keras.applications name, given a dropout head, or a .keras "
             "classifier) to match a .keras teacher's softened outputs and the labels of an image "
             "folder with the Distiller (loss alpha * student loss + (1 - alpha) * T^2 KL), cosine "
-            "schedule with warm-up. Writes student.keras, classes.json, epochs.csv and report.png into --out."
+            "schedule with warm-up. Writes student.keras, classes.json, epochs.csv and report.png into --out; "
+            "an interrupted run continues with --resume."
         ),
     )
-    distill.add_argument("--teacher", required=True, metavar="PATH", help="the trained classifier, a .keras file")
-    distill.add_argument("--student", required=True, metavar="NAME|PATH",
-                         help="a keras.applications name or a .keras classifier")
+    distill.add_argument("--teacher", metavar="PATH", help="the trained classifier, a .keras file (required unless --resume)")
+    distill.add_argument("--student", metavar="NAME|PATH",
+                         help="a keras.applications name or a .keras classifier (required unless --resume)")
     distill.add_argument("--student-weights", type=_weights, default=None, metavar="pretrained|none|PATH",
                          help="weights of a student given by name (default: none)")
-    _add_folders(distill)
+    _add_folders(distill, required=False)
     distill.add_argument("--alpha", type=_fraction, default=0.1, help="weight of the loss on the labels (default: 0.1)")
     distill.add_argument("--temperature", type=_positive_float, default=3.0, help="(default: 3.0)")
+    distill.add_argument("--resume", action="store_true",
+                         help="continue the interrupted run in --out, with the arguments it was started with")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,27 +219,43 @@ def _train_arguments(args) -> dict:
     }
 
 
-def _train(args) -> None:
+def _distill_arguments(args) -> dict:
+    """`commands.distill`'s arguments from the command line (all but --out and --resume)."""
+    return {
+        "teacher": args.teacher, "student": args.student, "student_weights": args.student_weights, "data": args.data,
+        "val": args.val, "val_split": args.val_split, "image_size": args.image_size, "epochs": args.epochs,
+        "batch_size": args.batch_size, "learning_rate": args.learning_rate, "alpha": args.alpha,
+        "temperature": args.temperature, "seed": args.seed,
+    }
+
+
+# Each command that resumes: its arguments from the command line, and those it cannot start without.
+_RESUMABLE = {"train": (_train_arguments, ("data",)), "distill": (_distill_arguments, ("teacher", "student", "data"))}
+
+
+def _resumable(args) -> None:
+    """`train` or `distill`: started, or with --resume continued with the arguments it was started with."""
     from keras_finetune import commands
 
-    given = _train_arguments(args)
+    arguments_of, required = _RESUMABLE[args.command]
+    run = getattr(commands, args.command)
+    given = arguments_of(args)
     if not args.resume:
-        if args.data is None:
-            raise ValueError("--data is required (a folder of class subfolders), unless --resume")
-        commands.train(**given, out=args.out)
+        missing = [f"--{name}" for name in required if given[name] is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required, unless --resume")
+        run(**given, out=args.out)
         return
-    saved = commands.resume_arguments(args.out)
-    defaults = _train_arguments(build_parser().parse_args(["train"]))
-    for name, value in given.items():
-        if name in ("data", "val") and value:  # run.json keeps them absolute
-            value = os.path.abspath(value)
+    saved = commands.resume_arguments(args.out, args.command)
+    defaults = arguments_of(build_parser().parse_args([args.command]))
+    for name, value in commands.run_record(given).items():  # paths absolute, as run.json keeps them
         if value != defaults[name] and value != saved.get(name):
             option = "--" + name.replace("_", "-")
             raise ValueError(
                 f"--resume continues the run as it was started, with {option} {saved.get(name)!r}. Received: {value!r}"
             )
     print(f"Resuming the run in {args.out} with the arguments it was started with ({commands.RUN_FILE})")
-    commands.train(**saved, out=args.out, resume=True)
+    run(**saved, out=args.out, resume=True)
 
 
 def _percent(value) -> str:
@@ -259,19 +278,12 @@ def _print_evaluation(result: dict) -> None:
 
 
 def _run(args) -> None:
-    if args.command == "train":
-        _train(args)
+    if args.command in _RESUMABLE:
+        _resumable(args)
         return
     from keras_finetune import commands
 
-    if args.command == "distill":
-        commands.distill(
-            teacher=args.teacher, student=args.student, student_weights=args.student_weights, data=args.data,
-            val=args.val, val_split=args.val_split, image_size=args.image_size, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, alpha=args.alpha,
-            temperature=args.temperature, seed=args.seed, out=args.out,
-        )
-    elif args.command == "evaluate":
+    if args.command == "evaluate":
         result = commands.evaluate(args.model, args.data, batch_size=args.batch_size, tta=args.tta)
         if args.json:
             print(json.dumps(result))

@@ -3,10 +3,11 @@
 `train` and `distill` write, into `--out`, the model (`model.keras` or
 `student.keras`, plain Keras: it reloads with `keras.models.load_model`
 alone), `classes.json` (the class names, in the order of the model's
-outputs), `epochs.csv` and `report.png`; `train` also keeps `run.json` (its
-arguments) and, while it runs, a `backup/` folder that `--resume` continues
-from. While they run they hold a lock file in `--out`, so a second run into
-the same folder is refused instead of interleaving its logs with the first.
+outputs), `epochs.csv` and `report.png`, and keep `run.json` (the command and
+its arguments) and, while they run, a `backup/` folder that `--resume`
+continues from. While they run they hold a lock file in `--out`, so a second
+run into the same folder is refused instead of interleaving its logs with the
+first.
 `evaluate` and `predict` find `classes.json` beside the model.
 """
 
@@ -28,7 +29,7 @@ import tensorflow as tf
 
 from keras_finetune import glyphs
 from keras_finetune.backbones import APPLICATIONS, image_classifier, load_keras_model
-from keras_finetune.callbacks import CosineAnnealing, update_batchnorm
+from keras_finetune.callbacks import AtomicBackup, CosineAnnealing, EpochSeeds, update_batchnorm
 from keras_finetune.callbacks.backup import resumed_epoch, write_json
 from keras_finetune.callbacks.epoch_seeds import epoch_order
 from keras_finetune.distribute import get_strategy
@@ -49,11 +50,15 @@ from keras_finetune.report import plot_history
 from keras_finetune.tta import tta_predict
 from keras_finetune.validation import check_bool, check_count, check_fraction, check_positive, ends_in_softmax, is_int
 
-__all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "train"]
+__all__ = ["CLASSES_FILE", "RUN_FILE", "distill", "evaluate", "model_classes", "predict", "resume_arguments", "run_record", "train"]
 
 CLASSES_FILE = "classes.json"
 RUN_FILE = "run.json"
 _BACKUP = "backup"
+# The arguments that name a file or folder, and those that name one where it exists (else a model name,
+# "pretrained"): run_record makes them absolute.
+_PATHS = ("data", "val", "teacher")
+_NAMES_OR_PATHS = ("backbone", "weights", "student", "student_weights")
 _LOCK = ".keras-finetune.lock"
 
 
@@ -326,7 +331,7 @@ def _check_backup(out: str, resume: bool) -> None:
         raise ValueError(f"--out {out!r} holds an interrupted run: continue it with --resume, or give another --out")
 
 
-def _train_callbacks(out: str, epochs: int, tensorboard: bool, early_stopping: int | None, print_fn) -> list:
+def _epoch_callbacks(out: str, epochs: int, tensorboard: bool, early_stopping: int | None, print_fn) -> list:
     """The epoch log (kept up to the resumed epoch), one printed line per epoch, TensorBoard, early stopping."""
     start = resumed_epoch(os.path.join(out, _BACKUP))
     callbacks = [_csv_logger(os.path.join(out, "epochs.csv"), start), _EpochLines(epochs, print_fn)]
@@ -337,13 +342,29 @@ def _train_callbacks(out: str, epochs: int, tensorboard: bool, early_stopping: i
     return callbacks
 
 
-def resume_arguments(out: str) -> dict:
-    """The arguments `train` was started with in `out` (its `run.json`)."""
+def resume_arguments(out: str, command: str = "train") -> dict:
+    """The arguments `command` (`train` or `distill`) was started with in `out` (its `run.json`)."""
     path = os.path.join(out, RUN_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"--resume needs the {RUN_FILE} of the interrupted run in --out. Received: {out!r} (none there)")
     with open(path) as file:
-        return json.load(file)
+        arguments = json.load(file)
+    started = arguments.pop("command", "train")  # runs written before distill could resume were train's
+    if started != command:
+        raise ValueError(f"--out {out!r} holds a {started} run: continue it with keras-finetune {started} --resume. "
+                         f"Received: {command} --resume")
+    return arguments
+
+
+def run_record(arguments: dict) -> dict:
+    """`train`'s or `distill`'s arguments as their `run.json` keeps them: the files and folders they
+    name absolute, so that --resume works from another directory."""
+
+    def kept(name, value):
+        path = isinstance(value, str) and (name in _PATHS or (name in _NAMES_OR_PATHS and os.path.exists(value)))
+        return os.path.abspath(value) if path else value
+
+    return {name: kept(name, value) for name, value in arguments.items()}
 
 
 def train(
@@ -391,8 +412,7 @@ def train(
         ConnectionError: the ImageNet weights could not be downloaded.
     """
     arguments = {name: value for name, value in locals().items() if name not in ("out", "resume", "print_fn")}
-    for name in ("data", "val"):  # so that --resume works from another directory
-        arguments[name] = arguments[name] and os.path.abspath(arguments[name])
+    arguments = run_record(arguments)
     _check_numbers(epochs, batch_size, val_split, seed, learning_rate, image_size)
     _check_train_options(arguments, resume)
     folder = read_image_folder(data)
@@ -416,7 +436,7 @@ def train(
             f"{len(held_out.paths)} held out"
         )
         with _holding(out):
-            write_json(os.path.join(out, RUN_FILE), arguments)
+            write_json(os.path.join(out, RUN_FILE), {"command": "train", **arguments})
             write_json(os.path.join(out, CLASSES_FILE), folder.classes)
             backup = os.path.join(out, _BACKUP)
             history = fine_tune(
@@ -427,7 +447,7 @@ def train(
                 unfreeze_lr_factor=(0.1 if pretrained else 1.0) if unfreeze_lr_factor is None else unfreeze_lr_factor,
                 augmentation=glyphs.AUGMENTATION if augmentation and shipped else augmentation, mixing=mixing,
                 label_smoothing=label_smoothing, swa=swa, seed=seed,
-                backup_dir=backup, callbacks=_train_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
+                backup_dir=backup, callbacks=_epoch_callbacks(out, epochs, tensorboard, early_stopping, print_fn), verbose=0,
             )
             if len(history.epoch) and history.epoch[-1] < epochs - 1:
                 print_fn(f"Stopped early after epoch {history.epoch[-1] + 1}: val_loss did not improve for {early_stopping} epochs")
@@ -489,6 +509,7 @@ def distill(
     temperature: float = 3.0,
     seed: int = 0,
     out: str = "keras-finetune-out",
+    resume: bool = False,
     print_fn=print,
 ) -> float:
     """Distil the `.keras` classifier `teacher` into `student` (a `keras.applications` name,
@@ -496,15 +517,22 @@ def distill(
     write `student.keras`, `classes.json`, `epochs.csv` and `report.png` into `out`. Returns the
     student's held-out accuracy.
 
+    Every epoch is backed up in `out/backup`; `resume=True` continues an
+    interrupted run from there and ends with the uninterrupted run's student.
+
     Raises:
         ValueError: bad input (folders, models, classes, image size, images that do not decode).
         ConnectionError: the student's ImageNet weights could not be downloaded.
     """
+    arguments = {name: value for name, value in locals().items() if name not in ("out", "resume", "print_fn")}
+    arguments = run_record(arguments)
     _check_numbers(epochs, batch_size, val_split, seed, learning_rate, image_size)
     check_fraction(alpha, "alpha")
     check_positive(temperature, "temperature")
+    check_bool(resume, "resume")
     folder = read_image_folder(data)
     _check_out(out)
+    _check_backup(out, resume)
     keras.utils.set_random_seed(seed)
     with get_strategy().scope():
         teacher_model = load_keras_model(teacher, "--teacher")
@@ -534,14 +562,16 @@ def distill(
         f"{student_model.name} ({student_model.count_params():,} weights) on {len(folder.classes)} classes"
     )
     with _holding(out):
+        write_json(os.path.join(out, RUN_FILE), {"command": "distill", **arguments})
         write_json(os.path.join(out, CLASSES_FILE), folder.classes)
+        backup = os.path.join(out, _BACKUP)
         epoch_batches = _epoch_batches(kept, size, channels, batch_size, seed)
-        history = distiller.fit(
-            tf.data.Dataset.range(epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE),
+        history = distiller.fit(  # the epochs from the resumed one on (every one when not resumed)
+            tf.data.Dataset.range(resumed_epoch(backup), epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE),
             steps_per_epoch=math.ceil(len(kept.paths) / batch_size), epochs=epochs, verbose=0, shuffle=False,
             validation_data=image_batches(held_out.paths, held_out.labels, size, channels, batch_size),
-            callbacks=[CosineAnnealing(t_max=epochs, warmup_epochs=1),
-                       keras.callbacks.CSVLogger(os.path.join(out, "epochs.csv")), _EpochLines(epochs, print_fn)],
+            callbacks=[EpochSeeds(seed), CosineAnnealing(t_max=epochs, warmup_epochs=1),
+                       *_epoch_callbacks(out, epochs, False, None, print_fn), AtomicBackup(backup)],
         )
         # The statistics of the final weights, exactly (moving averages lag the weights they average).
         update_batchnorm(student_model, image_batches(kept.paths, kept.labels, size, channels, batch_size))

@@ -129,7 +129,10 @@ def test_distill_trains_a_student_that_reloads_and_predicts_as_it_reported(train
         "--data", folder, "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "student"),
     ])
     assert status == 0
-    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["classes.json", "epochs.csv", "report.png", "student.keras"]
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["classes.json", "epochs.csv", "report.png", "run.json", "student.keras"]
+    record = json.loads((tmp_path / "student" / "run.json").read_text())  # what --resume would continue with
+    assert record["command"] == "distill" and record["student"] == "MobileNetV3Small" and record["epochs"] == 2
+    assert record["teacher"] == str(out_dir / "model.keras") and record["data"] == os.path.abspath(folder)
     student = keras.models.load_model(tmp_path / "student" / "student.keras")
     assert student.input_shape == (None, 32, 32, 3) and student.output_shape == (None, 3)
     accuracy = held_out_accuracy(student, folder, 32)
@@ -160,7 +163,7 @@ def bad_inputs(root, trained_model):
          "--unfreeze must name a layer of tiny (close names: conv). Received: 'conv9'"),
         (train + ["--data", good, "--backbone", base, "--unfreeze", "9"], "--unfreeze counts layers from the top of tiny, which has 5. Received: 9"),
         (train + ["--resume"], f"--resume needs the run.json of the interrupted run in --out. Received: {str(root / 'out')!r}"),
-        (train + ["--backbone", base], "--data is required (a folder of class subfolders), unless --resume"),
+        (train + ["--backbone", base], "--data is required, unless --resume"),
         (distill + ["--data", good, "--teacher", str(root / "none.keras")], "--teacher must be a .keras file."),
         (["distill", "--student", "glyphs", "--data", owls, "--teacher", trained_model, "--out", str(root / "out")],
          "--student must take the teacher's 3-channel images. Received: input shape (None, 32, 32, 1)"),
@@ -210,7 +213,7 @@ def test_evaluate_and_predict_bad_input_gives_one_line_and_status_2(trained, tmp
         assert err.count("\n") == 1
 
 
-def test_train_refuses_to_start_over_an_interrupted_run_and_to_resume_with_other_arguments(trained, tmp_path, capsys):
+def test_train_and_distill_refuse_to_start_over_an_interrupted_run_and_to_resume_with_other_arguments(trained, tmp_path, capsys):
     folder = trained[2]
     out = tmp_path / "out"
     (out / "backup").mkdir(parents=True)
@@ -222,6 +225,9 @@ def test_train_refuses_to_start_over_an_interrupted_run_and_to_resume_with_other
          "--resume continues the run as it was started, with --epochs 4. Received: 6"),
         (["train", "--resume", "--data", os.path.relpath(folder), "--epochs", "6", "--out", str(out)],
          "with --epochs 4. Received: 6"),  # the same folder given relatively is no conflict
+        (["distill", "--resume", "--out", str(out)],
+         f"--out {str(out)!r} holds a train run: continue it with keras-finetune train --resume. Received: distill --resume"),
+        (["distill", "--data", folder, "--out", str(tmp_path / "other")], "--teacher, --student are required, unless --resume"),
     ]
     for argv, message in cases:
         capsys.readouterr()

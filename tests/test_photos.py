@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from conftest import PHOTO_CLASSES, fresh_process, write_photo_folder
@@ -146,16 +147,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, 
     command(*run, "--out", str(tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([str(SCRIPT), *run, "--out", str(killed)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    metadata = killed / "backup" / "training_metadata.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 3):
-        time.sleep(0.05)
-    time.sleep(np.random.default_rng(0).uniform(0.0, 0.4))  # somewhere inside a later epoch
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL and not (killed / "model.keras").exists()
+    kill_after_epoch(run, killed, 3)
+    assert not (killed / "model.keras").exists()
 
     resumed = command("train", "--resume", "--out", str(killed))
     assert "Resuming the run in" in resumed.stdout
@@ -164,6 +157,54 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, 
     rows = (killed / "epochs.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(30)]  # each epoch once
     for mine, theirs in zip(final_weights(killed / "model.keras"), final_weights(tmp_path / "whole" / "model.keras")):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def kill_after_epoch(argv, out, epoch):
+    """Starts the installed command and kills it with SIGKILL at a seeded random point after `epoch`'s backup."""
+    process = subprocess.Popen([str(SCRIPT), *argv, "--out", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    metadata = out / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (metadata.is_file() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= epoch):
+        time.sleep(0.05)
+    time.sleep(np.random.default_rng(0).uniform(0.0, 0.2))  # somewhere inside a later epoch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def small_classifier(path, seed):
+    """A 16x16 RGB classifier of the three photo classes with a Dropout, saved as a .keras file."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(path)
+    return str(path)
+
+
+def test_a_distillation_killed_with_sigkill_resumes_to_the_uninterrupted_student(photos, tmp_path):
+    """The student's dropout masks and the shuffle depend on (seed, epoch) alone; the optimizer state, the
+    cosine schedule's place and the epoch log come back from the backup."""
+    run = ["distill", "--teacher", small_classifier(tmp_path / "teacher.keras", 1), "--student",
+           small_classifier(tmp_path / "student.keras", 2), "--data", photos, "--epochs", "40", "--batch-size", "16"]
+    command(*run, "--out", str(tmp_path / "whole"))
+    killed = tmp_path / "killed"
+    kill_after_epoch(run, killed, 3)
+    assert not (killed / "student.keras").exists()
+
+    resumed = command("distill", "--resume", "--out", str(killed))
+    assert "Resuming the run in" in resumed.stdout
+    epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
+    rows = (killed / "epochs.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(40)]  # each epoch once
+    whole = final_weights(tmp_path / "whole" / "student.keras")
+    assert not np.allclose(whole[0], keras.models.load_model(tmp_path / "student.keras").weights[0].numpy())  # it trained
+    for mine, theirs in zip(final_weights(killed / "student.keras"), whole):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
