@@ -146,18 +146,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(photos, 
     run = ["train", "--backbone", "glyphs", "--weights", "none", "--batch-size", "16", "--data", photos, "--epochs", "30", "--swa", "3"]
     command(*run, "--out", str(tmp_path / "whole"))
 
-    killed = tmp_path / "killed"
-    kill_after_epoch(run, killed, 3)
-    assert not (killed / "model.keras").exists()
-
-    resumed = command("train", "--resume", "--out", str(killed))
-    assert "Resuming the run in" in resumed.stdout
-    epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
-    assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
-    rows = (killed / "epochs.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(30)]  # each epoch once
-    for mine, theirs in zip(final_weights(killed / "model.keras"), final_weights(tmp_path / "whole" / "model.keras")):
-        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    kill_after_epoch(run, tmp_path / "killed", 3)
+    assert_resumes_to(tmp_path / "whole" / "model.keras", tmp_path / "killed", 30)
 
 
 def kill_after_epoch(argv, out, epoch):
@@ -172,6 +162,21 @@ def kill_after_epoch(argv, out, epoch):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+
+
+def assert_resumes_to(whole, killed, epochs):
+    """The run killed in `killed`, resumed with `--resume`, goes on after epoch 3, logs each epoch once and
+    ends with the weights of `whole`, the uninterrupted run's model (both read in a process that imports
+    only Keras)."""
+    assert not (killed / whole.name).exists()
+    resumed = command(json.loads((killed / "run.json").read_text())["command"], "--resume", "--out", str(killed))
+    assert "Resuming the run in" in resumed.stdout
+    epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
+    rows = (killed / "epochs.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(epochs)]  # each epoch once
+    for mine, theirs in zip(final_weights(killed / whole.name), final_weights(whole)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
 def small_classifier(path, seed):
@@ -192,20 +197,10 @@ def test_a_distillation_killed_with_sigkill_resumes_to_the_uninterrupted_student
     run = ["distill", "--teacher", small_classifier(tmp_path / "teacher.keras", 1), "--student",
            small_classifier(tmp_path / "student.keras", 2), "--data", photos, "--epochs", "40", "--batch-size", "16"]
     command(*run, "--out", str(tmp_path / "whole"))
-    killed = tmp_path / "killed"
-    kill_after_epoch(run, killed, 3)
-    assert not (killed / "student.keras").exists()
-
-    resumed = command("distill", "--resume", "--out", str(killed))
-    assert "Resuming the run in" in resumed.stdout
-    epoch_lines = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
-    assert epoch_lines and not epoch_lines[0].startswith(("epoch 1/", "epoch 2/", "epoch 3/"))
-    rows = (killed / "epochs.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == [str(epoch) for epoch in range(40)]  # each epoch once
-    whole = final_weights(tmp_path / "whole" / "student.keras")
-    assert not np.allclose(whole[0], keras.models.load_model(tmp_path / "student.keras").weights[0].numpy())  # it trained
-    for mine, theirs in zip(final_weights(killed / "student.keras"), whole):
-        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    trained = keras.models.load_model(tmp_path / "whole" / "student.keras").weights[0].numpy()
+    assert not np.allclose(trained, keras.models.load_model(tmp_path / "student.keras").weights[0].numpy())
+    kill_after_epoch(run, tmp_path / "killed", 3)
+    assert_resumes_to(tmp_path / "whole" / "student.keras", tmp_path / "killed", 40)
 
 
 def test_a_model_with_our_layer_and_loss_reloads_after_import_keras_finetune_alone(tmp_path):
