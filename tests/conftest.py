@@ -41,6 +41,14 @@ needs_multi_optimizer = pytest.mark.skipif(
     not hasattr(keras.optimizers, "MultiOptimizer"), reason="keras.optimizers.MultiOptimizer needs Keras 3.15"
 )
 
+class Dies(keras.callbacks.Callback):
+    """Raises in the second step, as a failing callback or an interrupted `fit` does: no on_train_end runs."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise RuntimeError("the fit dies")
+
+
 def numpy(tensor):
     """A backend tensor or variable as a numpy array."""
     return np.asarray(keras.ops.convert_to_numpy(tensor))

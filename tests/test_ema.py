@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_finetune.callbacks import EMA, ProgressiveUnfreezing, update_batchnorm
 from keras_finetune.heads import build_classifier
-from conftest import fresh_process, make_base, with_statistics
+from conftest import Dies, fresh_process, make_base, with_statistics
 
 BACKENDS = ("tensorflow", "jax", "torch")  # see conftest.py
 
@@ -229,6 +229,21 @@ def test_resuming_without_the_average_raises(regression, tmp_path):
     with pytest.raises(ValueError, match=r"EMA cannot resume at epoch 2.*Received: backup_dir=None"):
         regression_model().fit(x, y, batch_size=4, epochs=3, verbose=0,
                                callbacks=[keras.callbacks.BackupAndRestore(backup), EMA(0.9)])
+
+
+def test_a_fit_that_dies_leaves_nothing_of_the_average_in_the_next_fit(regression):
+    """On JAX the average's state joins the optimizer's for the step; a `fit` that raised must not leave it there."""
+    model = regression_model()
+    model.optimizer.build(model.trainable_variables)
+    own = len(model.optimizer.variables)
+    with pytest.raises(RuntimeError, match="the fit dies"):
+        model.fit(*regression, batch_size=4, epochs=2, verbose=0, callbacks=[EMA(0.9), Dies()])
+    model.fit(*regression, batch_size=4, epochs=1, verbose=0)
+    assert len(model.optimizer.variables) == own
+    steps, ema = Steps(), EMA(0.9)  # and a new average on the same model is the recurrence of its own fit
+    model.fit(*regression, batch_size=4, epochs=2, verbose=0, callbacks=[steps, ema])
+    assert_weights(model, ema_by_numpy(steps.weights, 0.9))
+    assert len(model.optimizer.variables) == own
 
 
 def test_a_fit_that_ends_before_start_step_keeps_its_weights(regression):

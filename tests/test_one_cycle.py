@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fresh_process, needs_multi_optimizer
+from conftest import Dies, fresh_process, needs_multi_optimizer
 
 from keras_finetune import backend
 from keras_finetune.callbacks import CosineAnnealing, OneCycle, ProgressiveUnfreezing
@@ -131,6 +131,20 @@ def test_a_second_fit_without_the_callback_runs_on_the_compiled_momentum():
     again.fit(x, y, batch_size=8, epochs=1, verbose=0)
     for mine, theirs in zip(model.get_weights(), again.get_weights()):
         np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+
+
+def test_a_fit_that_dies_leaves_the_next_fit_its_own_rate_and_momentum():
+    """The cycle's step (JAX) and its momentum variable must not outlive a `fit` that raised."""
+    model = dense_model()
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    x, y = regression()
+    with pytest.raises(RuntimeError, match="the fit dies"):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[OneCycle(0.5), Dies()])
+    model.optimizer.learning_rate.assign(1e-3)  # the dead cycle's last rate stays, as any schedule's would
+    recorder = Recorder()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[recorder])
+    assert recorder.rates == pytest.approx([1e-3] * 10) and recorder.momenta == pytest.approx([0.9] * 10)
+    assert model.optimizer.beta_1 == 0.9 and isinstance(model.optimizer.beta_1, float)
 
 
 def test_cycle_momentum_false_leaves_the_momentum_alone():

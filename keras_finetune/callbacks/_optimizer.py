@@ -327,6 +327,45 @@ def _load_without_joined(self, store) -> None:
         type(self).load_own_variables(self, store)
 
 
+# model -> what callbacks changed in it for the `fit` under way and must put back when it ends (each
+# callback's on_train_end does). A `fit` that dies by an exception skips on_train_end: the model's next
+# `fit` puts them back before it starts, or it would run a dead callback's step (JAX) or momentum.
+_TO_PUT_BACK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def put_back_when_fit_ends(model, put_back) -> None:
+    """Register `put_back`, which undoes what a callback changed in `model` for this `fit`; the callback's
+    `on_train_end` calls `put_back_now`, and when the `fit` dies first, the model's next `fit` calls it."""
+    _TO_PUT_BACK.setdefault(model, []).append(put_back)
+    if "fit" not in vars(model):
+        object.__setattr__(model, "fit", types.MethodType(_fit_after_putting_back, model))
+
+
+def put_back_now(model, put_back) -> None:
+    """Call `put_back` (registered or not) and forget it."""
+    pending = _TO_PUT_BACK.get(model, [])
+    if put_back in pending:
+        pending.remove(put_back)
+    if not pending:
+        _forget_put_backs(model)
+    put_back()
+
+
+def _forget_put_backs(model) -> None:
+    _TO_PUT_BACK.pop(model, None)
+    if "fit" in vars(model):
+        object.__delattr__(model, "fit")
+
+
+def _fit_after_putting_back(model, *args, **kwargs):
+    """The model's `fit` after its last one died: what that one's callbacks changed is put back first."""
+    pending = _TO_PUT_BACK.get(model, [])
+    _forget_put_backs(model)
+    for put_back in pending:
+        put_back()
+    return model.fit(*args, **kwargs)
+
+
 def clear_controllers(model) -> None:
     _CONTROLLERS.pop(model, None)
 

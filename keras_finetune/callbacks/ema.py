@@ -154,6 +154,7 @@ class EMA(keras.callbacks.Callback):
         self._fused = _optimizer.trace_after_each_step(model, then)
         if self._fused:
             _optimizer.join_step_state(model.optimizer, self._step_state())
+        _optimizer.put_back_when_fit_ends(model, self._unfuse)
 
     def _step_state(self) -> list:
         average = self._average
@@ -243,7 +244,7 @@ class EMA(keras.callbacks.Callback):
             logs.update(average.evaluate(self.validation_data, "ema_val_", self.bn_data, self.bn_steps))
 
     def on_train_end(self, logs=None) -> None:
-        self._unfuse()
+        _optimizer.put_back_now(self.model, self._unfuse)
         if not self.begun:
             warnings.warn(
                 f"EMA averaged nothing: `fit` ended before optimizer step {self.start_step}, where averaging "

@@ -187,6 +187,7 @@ class OneCycle(keras.callbacks.Callback):
                 self._momenta = _optimizer.variable_momentum(self.model, "OneCycle")
             if not backend.STEP_UPDATES_VARIABLES:
                 self._trace()
+            _optimizer.put_back_when_fit_ends(self.model, self._put_back)
         self._epoch = epoch
         if self._table is not None:
             self._fill_table(epoch)
@@ -247,6 +248,10 @@ class OneCycle(keras.callbacks.Callback):
             logs["momentum"] = float(self._momenta[0].numpy())
 
     def on_train_end(self, logs=None) -> None:
+        _optimizer.put_back_now(self.model, self._put_back)
+
+    def _put_back(self) -> None:
+        """The model's own train step, momentum and controllers again (`_optimizer.put_back_when_fit_ends`)."""
         if self._table is not None:
             _optimizer.leave_step_state(self.model.optimizer, list(self._table.values()))
             _optimizer.untrace_steps(self.model)
