@@ -280,6 +280,42 @@ print("jit", inside.jit_compile, wrapped.jit_compile, eager.jit_compile)
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
+def test_on_jax_a_fit_that_dies_leaves_no_step_of_one_cycle_or_ema_to_the_next():
+    """On JAX both trace their per-step work into the train step; a `fit` that raised must not leave it
+    there (test_one_cycle and test_ema check the same on every backend, CI runs them on TensorFlow)."""
+    code = """
+import keras, numpy as np
+from keras_finetune import backend
+from keras_finetune.callbacks import EMA, OneCycle
+class Dies(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise RuntimeError("the fit dies")
+class Rates(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        backend.sync(self.model)
+        print("rate", float(self.model.optimizer.learning_rate.numpy()))
+x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+for callback in (OneCycle(0.5), EMA(0.9)):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    model.optimizer.build(model.trainable_variables)
+    own = len(model.optimizer.variables)
+    try:
+        model.fit(x, x[:, :2], batch_size=4, epochs=2, verbose=0, callbacks=[callback, Dies()])
+    except RuntimeError:
+        print("died")
+    model.optimizer.learning_rate.assign(1e-3)
+    model.fit(x, x[:, :2], batch_size=4, epochs=1, verbose=0, callbacks=[Rates()])
+    print("extra", len(model.optimizer.variables) - own)
+"""
+    lines = on_jax(code).stdout.split()
+    assert lines.count("died") == 2 and [lines[i + 1] for i, word in enumerate(lines) if word == "extra"] == ["0", "0"]
+    rates = [float(lines[i + 1]) for i, word in enumerate(lines) if word == "rate"]
+    assert rates == pytest.approx([1e-3] * 8)  # the next fit's own rate, not the dead cycle's
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
 def test_command_without_tensorflow_says_what_to_install(tmp_path):
     code = """
 import sys
