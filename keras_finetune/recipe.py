@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import warnings
@@ -23,7 +22,7 @@ from keras_finetune.models import MixingModel
 from keras_finetune.optimizers import layer_decay_optimizer
 from keras_finetune.validation import (
     check_bool, check_count, check_epoch, check_fraction, check_number, check_positive, ends_in_softmax, epoch_of,
-    is_dataset, is_int, output_activation,
+    is_dataset, is_int, output_activation, tensorflow_installed,
 )
 
 __all__ = ["fine_tune"]
@@ -119,20 +118,12 @@ def _random_layers(augmentation, mixing, channels: int, classes: int, seed):
     return augment, mix
 
 
-def _tensorflow_installed() -> bool:
-    try:
-        importlib.import_module("tensorflow")
-    except ImportError:
-        return False
-    return True
-
-
 def _in_step(train_data) -> bool:
     """Whether `train_data` reaches `fit` as a `PyDataset`, augmented and mixed in the step: a `PyDataset`
     itself, or arrays where TensorFlow is missing. Everything else goes through a `tf.data` pipeline."""
     if isinstance(train_data, keras.utils.PyDataset):
         return True
-    if _tensorflow_installed():
+    if tensorflow_installed():
         return False
     if isinstance(train_data, tuple) and len(train_data) == 2:
         return True

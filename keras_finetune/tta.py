@@ -6,19 +6,23 @@ augmentation and blends the mean with the plain prediction:
 `model.predict` `n` times over a dataset and averages, which redraws nothing
 when the augmentation layers sit inside the model (they are identity at
 inference) and averages logits or probabilities as they come. Here the views
-are drawn in the input pipeline (augmentation in training mode), each batch's
-`n` views and the plain image go through the model together, in one
-`predict`, and logits are turned into probabilities before averaging.
+are drawn from the data (augmentation in training mode): in a `tf.data` map,
+with TensorFlow's generators on every backend, for a dataset or for arrays
+where TensorFlow is installed; with the backend's own ops for a
+`keras.utils.PyDataset`, or for arrays where it is not. Each batch's `n`
+views and the plain image go through the model together, in one call, and
+logits are turned into probabilities before averaging.
 """
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_finetune.layers import RandomResizedCrop
-from keras_finetune.validation import check_bool, check_count, check_fraction, output_activation
+from keras_finetune.validation import check_bool, check_count, check_fraction, is_dataset, output_activation, tensorflow_installed
 
 __all__ = ["tta_predict"]
 
@@ -26,17 +30,47 @@ __all__ = ["tta_predict"]
 _CROP_SCALE = (0.5, 1.0)
 
 
-def _images(data, batch_size: int) -> tf.data.Dataset:
-    """Batches of images alone, from an array, a tensor or a dataset of images or (images, labels, ...)."""
-    if isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-        return data.map(lambda *element: element[0]) if isinstance(spec, tuple) else data
-    if isinstance(data, (np.ndarray, tf.Tensor)) or keras.ops.is_tensor(data):
-        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-    raise TypeError(
-        "`data` must be an array of images or a tf.data.Dataset of image batches (or of (images, labels)). "
-        f"Received: data of type {type(data).__name__}"
-    )
+def _is_array(data) -> bool:
+    tf = sys.modules.get("tensorflow")  # a TensorFlow tensor means it is imported
+    return isinstance(data, np.ndarray) or keras.ops.is_tensor(data) or (tf is not None and tf.is_tensor(data))
+
+
+def _in_pipeline(data, batch_size: int, n: int, views):
+    """`(plain, drawn)` numpy batches, the views drawn in a `tf.data` map (TensorFlow's generators, on any backend)."""
+    import tensorflow as tf
+
+    if not is_dataset(data):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    elif isinstance(data.element_spec, tuple):
+        data = data.map(lambda *element: element[0])
+    augmentation = views(*data.element_spec.shape[1:3])
+    data = data.map(lambda batch: (batch, tf.cast(augmentation(tf.repeat(batch, n, axis=0), training=True), batch.dtype)))
+    return data.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _in_process(data, batch_size: int, n: int, views):
+    """`(plain, drawn)` numpy batches, the views drawn with the backend's ops (no TensorFlow needed)."""
+    if _is_array(data):
+        data = keras.ops.convert_to_numpy(data)
+        batches = (data[start : start + batch_size] for start in range(0, len(data), batch_size))
+    else:
+        batches = (element[0] if isinstance(element, (tuple, list)) else element for element in map(data.__getitem__, range(len(data))))
+    augmentation = None
+    for batch in batches:
+        batch = keras.ops.convert_to_numpy(batch)
+        augmentation = augmentation or views(*batch.shape[1:3])
+        drawn = augmentation(keras.ops.repeat(batch, n, axis=0), training=True)
+        yield batch, keras.ops.convert_to_numpy(drawn).astype(batch.dtype)
+
+
+def _stacked(plain: np.ndarray, drawn: np.ndarray, n: int, flip: bool, beta: float) -> np.ndarray:
+    """The `B * views` images of one model call, each image's together: the plain one first (with beta), then the n drawn."""
+    drawn = np.array(drawn).reshape(len(plain), n, *plain.shape[1:])  # a copy: the pipeline's arrays are read-only
+    if flip:
+        drawn[:, 1::2] = drawn[:, 1::2, :, ::-1]
+    if beta:
+        drawn = np.concatenate([plain[:, None], drawn], axis=1)
+    return drawn.reshape(-1, *plain.shape[1:])
 
 
 def _to_probabilities(model: keras.Model):
@@ -75,8 +109,11 @@ def tta_predict(
 
     Args:
         model: keras.Model. A classifier ending in a softmax or in logits.
-        data: images (an array or tensor, batched by `batch_size`) or a
-            `tf.data.Dataset` of image batches or `(images, labels)` batches.
+        data: images (an array or tensor, batched by `batch_size`), or a
+            `tf.data.Dataset` or `keras.utils.PyDataset` of image batches or
+            of `(images, labels)` batches. Arrays need no TensorFlow: where
+            it is missing, their views are drawn with the backend's ops (the
+            same kind of views, other draws for the same seed).
         augmentation: a layer or callable applied to image batches, in
             training mode. Defaults to `None`: a `RandomResizedCrop` to the
             images' size with scale (0.5, 1), seeded by `seed`.
@@ -105,31 +142,31 @@ def tta_predict(
     beta = 0.0 if beta is None else check_fraction(beta, "beta")
     check_count(batch_size, "batch_size", 1)
     probabilities = _to_probabilities(model)
-    images = _images(data, batch_size)
-    if augmentation is None:
-        height, width = images.element_spec.shape[1:3]
-        if height is None or width is None:
-            raise ValueError(f"The default augmentation needs images of a known size. Received: images {images.element_spec}")
-        augmentation = RandomResizedCrop(height, width, scale=_CROP_SCALE, seed=seed)
-    elif not callable(augmentation):
+    if augmentation is not None and not callable(augmentation):
         raise TypeError(f"`augmentation` must be a layer or a callable on image batches. Received: augmentation={augmentation!r}")
-    views = n + (1 if beta else 0)
 
-    def stacked(batch):
-        """(B, ...) -> (B * views, ...), each image's views together: the plain one first (with beta), then n augmented."""
-        repeated = tf.repeat(batch, n, axis=0)
-        drawn = tf.cast(augmentation(repeated, training=True), batch.dtype)
-        if flip:
-            odd = tf.reshape(tf.range(tf.shape(drawn)[0]) % n % 2 == 1, (-1, 1, 1, 1))
-            drawn = tf.where(odd, tf.reverse(drawn, axis=[2]), drawn)
-        drawn = tf.reshape(drawn, tf.concat([[-1, n], tf.shape(batch)[1:]], axis=0))
-        if beta:
-            drawn = tf.concat([batch[:, None], drawn], axis=1)
-        return tf.reshape(drawn, tf.concat([[-1], tf.shape(batch)[1:]], axis=0))
+    def views(height, width):
+        if augmentation is not None:
+            return augmentation
+        if height is None or width is None:
+            raise ValueError(f"The default augmentation needs images of a known size. Received: images of size {(height, width)}")
+        return RandomResizedCrop(height, width, scale=_CROP_SCALE, seed=seed)
 
-    # One batch at a time: the draws come in a fixed order for a fixed seed.
-    outputs = model.predict(images.map(stacked).prefetch(tf.data.AUTOTUNE), verbose=0)
-    per_view = np.asarray(probabilities(outputs), "float32").reshape(-1, views, outputs.shape[-1])
+    if is_dataset(data) or (_is_array(data) and tensorflow_installed()):
+        batches = _in_pipeline(data, batch_size, n, views)
+    elif _is_array(data) or isinstance(data, keras.utils.PyDataset):
+        batches = _in_process(data, batch_size, n, views)
+    else:
+        raise TypeError(
+            "`data` must be an array of images, a keras.utils.PyDataset or a tf.data.Dataset of image batches "
+            f"(or of (images, labels)). Received: data of type {type(data).__name__}"
+        )
+    # One batch at a time, one model call each: the draws come in a fixed order for a fixed seed.
+    per_view = []
+    for plain, drawn in batches:
+        outputs = probabilities(model.predict_on_batch(_stacked(plain, drawn, n, flip, beta)))
+        per_view.append(np.asarray(outputs, "float32").reshape(len(plain), n + (1 if beta else 0), -1))
+    per_view = np.concatenate(per_view)
     if not beta:
         return per_view.mean(axis=1)
     return (1.0 - beta) * per_view[:, 1:].mean(axis=1) + beta * per_view[:, 0]

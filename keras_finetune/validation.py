@@ -16,6 +16,7 @@ TensorFlow tensor comes from a program that imported it already.
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 
@@ -197,6 +198,15 @@ def output_activation(model) -> str | None:
 def ends_in_softmax(model) -> bool:
     """Whether the model's (single) output comes out of a softmax: probabilities, not logits."""
     return output_activation(model) == "softmax"
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported (so `tf.data` can read the data), importing it if so."""
+    try:
+        importlib.import_module("tensorflow")
+    except ImportError:
+        return False
+    return True
 
 
 def is_dataset(data) -> bool:

@@ -90,10 +90,15 @@ def test_jax_data_parallel_over_two_devices_equals_one_device(start_weights, eve
         check_equal(part, start_weights, {"tensorflow": every_part["tensorflow"][part], "jax": others})
 
 
-def on_jax(code: str, cwd=None, returncode: int = 0) -> subprocess.CompletedProcess:
-    """`code` run by a Python process on the JAX backend, which must exit with `returncode`."""
+def on_jax(code: str, cwd=None, returncode: int = 0, script=None) -> subprocess.CompletedProcess:
+    """`code` run by a Python process on the JAX backend, which must exit with `returncode`; with `script` (a
+    path), written there and run as if TensorFlow were not installed."""
     environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300, cwd=cwd)
+    command = [sys.executable, "-c", code]
+    if script is not None:
+        script.write_text(code)
+        command = [sys.executable, WITHOUT_TENSORFLOW, str(script)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
@@ -205,10 +210,55 @@ print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None, cha
 
 
 @pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
+def test_tta_predict_without_tensorflow_draws_the_views_with_jax_and_blends_them(tmp_path):
+    """Arrays and a PyDataset, with TensorFlow unimportable: the blend of the views equals the one computed by
+    hand from `predict` of each view, in one model call per batch; the default crops are seeded."""
+    code = """
+import sys
+import keras, numpy as np
+from keras_finetune import tta_predict
+keras.utils.set_random_seed(0)
+class Count(keras.layers.Layer):
+    def build(self, shape):
+        self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int32")
+    def call(self, x):
+        self.seen.assign_add(keras.ops.shape(x)[0])
+        return x
+count = Count()
+inputs = keras.Input((6, 6, 2))
+model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(count(inputs))))
+images = np.random.default_rng(0).uniform(0, 1, (10, 6, 6, 2)).astype("float32")
+class Batches(keras.utils.PyDataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, index):
+        return images[3 * index : 3 * index + 3], np.zeros(3)
+def shift(batch, training=True):  # view k of each image gets +k
+    return keras.ops.add(batch, keras.ops.cast(np.reshape(np.arange(batch.shape[0]) % 4, (-1, 1, 1, 1)), batch.dtype))
+views = [images + k for k in range(4)]
+views = [view[:, :, ::-1] if k % 2 else view for k, view in enumerate(views)]
+expected = 0.75 * np.mean([model.predict(view, verbose=0) for view in views], axis=0) + 0.25 * model.predict(images, verbose=0)
+for data in (images, Batches()):
+    before = int(count.seen.numpy())
+    got = tta_predict(model, data, shift, n=4, beta=0.25, batch_size=3)
+    print("blend", float(np.abs(got - expected).max()), (int(count.seen.numpy()) - before) // len(images))
+crops = tta_predict(model, images, n=6, seed=1)
+print("crops", np.array_equal(crops, tta_predict(model, images, n=6, seed=1)),
+      np.allclose(crops, tta_predict(model, images, n=6, seed=2)), float(np.abs(crops.sum(-1) - 1).max()) < 1e-5)
+print("tensorflow", "tensorflow" in sys.modules)
+"""
+    lines = on_jax(code, script=tmp_path / "job.py").stdout.splitlines()
+    blends = [line.split()[1:] for line in lines if line.startswith("blend")]
+    assert len(blends) == 2
+    for difference, passes in blends:
+        assert float(difference) < 1e-6 and passes == "5"  # the plain image and 4 views
+    assert labelled_lines("\n".join(lines), ("crops", "tensorflow")) == {"crops": "True False True", "tensorflow": "False"}
+
+
+@pytest.mark.skipif("jax" not in OTHERS, reason="JAX is not installed (or Keras < 3.15)")
 def test_fine_tune_without_tensorflow_resumes_to_the_uninterrupted_weights(tmp_path):
     """Arrays go through ArrayBatches and MixingModel there: every part on, killed after epoch 1, resumed."""
-    script = tmp_path / "job.py"
-    script.write_text(f"""
+    code = f"""
 import sys
 import keras, numpy as np
 from keras_finetune import fine_tune
@@ -243,11 +293,8 @@ print("same", all(np.array_equal(a, b) for a, b in zip(whole.model.get_weights()
 print("plain", type(whole.model).__name__, "tensorflow" in sys.modules)
 whole.model.save({str(tmp_path / "model.keras")!r})
 np.save({str(tmp_path / "predicted.npy")!r}, whole.model.predict(x, verbose=0))
-""")
-    environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, WITHOUT_TENSORFLOW, str(script)], env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = labelled_lines(result.stdout, ("epochs", "same", "plain"))
+"""
+    lines = labelled_lines(on_jax(code, script=tmp_path / "job.py").stdout, ("epochs", "same", "plain"))
     assert lines == {"epochs": "4 3", "same": "True", "plain": "Functional False"}
     reload = f"""
 import keras, numpy as np

@@ -19,7 +19,7 @@ class Count(keras.layers.Layer):
         self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int32")
 
     def call(self, x):
-        self.seen.assign_add(tf.shape(x)[0])
+        self.seen.assign_add(keras.ops.shape(x)[0])
         return x
 
 
@@ -30,23 +30,46 @@ def classifier(activation="softmax", count=None):
     return keras.Model(inputs, keras.layers.Dense(4, activation=activation)(keras.layers.Flatten()(x)))
 
 
+class Batches(keras.utils.PyDataset):
+    """`(images, labels)` batches of 3: what `tta_predict` draws views of with the backend's ops, not tf.data."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+
+    def __len__(self):
+        return -(-len(self.images) // 3)
+
+    def __getitem__(self, index):
+        batch = self.images[3 * index : 3 * index + 3]
+        return batch, np.zeros(len(batch))
+
+
 def shift_by_view(n):
-    """A deterministic 'augmentation': view k of each image (rows come in groups of n) gets +k."""
+    """A deterministic 'augmentation': view k of each image (rows come in groups of n) gets +k.
+
+    Written with TensorFlow's ops, which a tf.data map runs on every backend,
+    for a tensor from the pipeline; with Keras's for one from the backend."""
     def shift(batch, training=True):
-        view = tf.cast(tf.range(tf.shape(batch)[0]) % n, batch.dtype)
-        return batch + tf.reshape(view, (-1, 1, 1, 1))
+        if not tf.executing_eagerly():  # inside the tf.data map
+            view = tf.cast(tf.range(tf.shape(batch)[0]) % n, batch.dtype)
+            return batch + tf.reshape(view, (-1, 1, 1, 1))
+        view = np.arange(keras.ops.shape(batch)[0]) % n
+        return keras.ops.add(batch, keras.ops.cast(np.reshape(view, (-1, 1, 1, 1)), batch.dtype))
     return shift
 
 
+@pytest.mark.parametrize("data", ["arrays", "PyDataset"])
 @pytest.mark.parametrize("beta", [0.25, 0.0, None, 1.0])
-def test_the_output_is_the_blend_of_the_plain_prediction_and_the_mean_over_views(beta):
+def test_the_output_is_the_blend_of_the_plain_prediction_and_the_mean_over_views(beta, data):
     model, n = classifier(), 4
     views = [IMAGES + k for k in range(n)]
     views = [view[:, :, ::-1] if k % 2 else view for k, view in enumerate(views)]  # every second view flipped
     mean = np.mean([model.predict(view, verbose=0) for view in views], axis=0)
     plain = model.predict(IMAGES, verbose=0)
     expected = mean if not beta else (1 - beta) * mean + beta * plain
-    got = tta_predict(model, IMAGES, shift_by_view(n), n=n, beta=beta, batch_size=3)
+    images = IMAGES if data == "arrays" else Batches(IMAGES)
+    got = tta_predict(model, images, shift_by_view(n), n=n, beta=beta, batch_size=3)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-5)
 
@@ -57,11 +80,12 @@ def test_logits_become_probabilities_before_the_average():
     np.testing.assert_allclose(got, tta_predict(probabilities, IMAGES, shift_by_view(3), n=3, flip=False), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("data", ["arrays", "PyDataset"])
 @pytest.mark.parametrize("beta, passes", [(0.25, 9), (None, 8)])
-def test_each_batch_costs_n_passes_plus_the_plain_one_and_no_more(beta, passes):
+def test_each_batch_costs_n_passes_plus_the_plain_one_and_no_more(beta, passes, data):
     count = Count()
     model = classifier(count=count)
-    tta_predict(model, IMAGES, n=8, beta=beta, batch_size=4, seed=0)
+    tta_predict(model, IMAGES if data == "arrays" else Batches(IMAGES), n=8, beta=beta, batch_size=4, seed=0)
     assert int(count.seen.numpy()) == passes * len(IMAGES)
 
 
@@ -73,6 +97,9 @@ def test_the_default_views_are_seeded_crops_of_the_images_size_and_datasets_work
     assert not np.allclose(first, model.predict(IMAGES, verbose=0))
     labelled = tf.data.Dataset.from_tensor_slices((IMAGES, np.arange(10))).batch(32)
     np.testing.assert_allclose(tta_predict(model, labelled, n=6, seed=1), first, rtol=1e-6)
+    # Drawn with the backend's ops, not in tf.data: on TensorFlow the same ops and draws, batch by batch.
+    in_threes = tta_predict(model, IMAGES, n=6, seed=1, batch_size=3)
+    np.testing.assert_allclose(tta_predict(model, Batches(IMAGES), n=6, seed=1), in_threes, rtol=1e-6)
     crop = RandomResizedCrop(6, 6, scale=(0.5, 1.0), seed=1)
     np.testing.assert_allclose(tta_predict(model, IMAGES, crop, n=6), first, rtol=1e-6)
 
