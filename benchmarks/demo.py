@@ -13,25 +13,24 @@ Settings were chosen on seeds 100-104; the demo reports seeds 0-2, and seeds
 
 The runs are spread over worker processes as `keras-finetune demo` spreads
 them (`--jobs`, default one per CPU core, at most 4), so the tables are the
-ones the command prints.
+ones the command prints. Nothing here imports Keras at the top: each worker
+imports this script again, and would print TensorFlow's start-up lines.
 
     python benchmarks/demo.py [--configs digits:3:0:3,digits:3:10:10,...] [--epochs 60] [--jobs N]
 """
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import numpy as np  # noqa: E402
-
-from keras_finetune import demo  # noqa: E402
+import numpy as np
+from keras_finetune_cli import quiet_start
 
 CONFIGS = "digits:3:0:3,digits:3:10:10,digits:1:10:5,digits:10:10:5,greek:3:0:3,greek:3:10:5"
 
 
 def targets(results: dict) -> str:
     """The issue's three targets, each as a mean ± std over seeds of a paired difference."""
+    from keras_finetune import demo
+
     accuracy = {row: 100 * np.array([a for a, _ in runs]) for row, runs in results.items()}
     probe_gain = accuracy[demo.PROBE] - accuracy[demo.SCRATCH]
     best = np.max([accuracy[row] for row in (demo.SCRATCH, demo.PROBE, demo.COPIED, demo.FAIR)], axis=0)
@@ -53,6 +52,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU core, at most 4)")
     args = parser.parse_args()
+    with quiet_start():  # TensorFlow's start-up lines, as the command holds them
+        from keras_finetune import demo
     for config in args.configs.split(","):
         target, shots, first_seed, seeds = config.split(":")
         print(f"\n== demo --target {target} --shots {shots} --first-seed {first_seed} --seeds {seeds}", flush=True)

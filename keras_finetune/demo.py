@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import signal
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import keras
@@ -438,15 +439,30 @@ def _map(function, tasks, jobs: int):
     # Not multiprocessing.Pool: it replaces a worker that dies (killed for memory, or a script that
     # spawns again on import) and waits for its task forever; this pool raises BrokenProcessPool.
     with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), keras_finetune_cli.start_worker, start) as pool:
-        futures = [pool.submit(function, task) for task in tasks]
+        futures = [pool.submit(_relaying_warnings, function, task) for task in tasks]
         workers = set(multiprocessing.active_children()) - before
         try:
             for future in as_completed(futures):
-                yield future.result()
+                result, caught = future.result()
+                for message, category, filename, lineno in caught:  # once each here, not once per worker
+                    warnings.warn_explicit(message, category, filename, lineno, registry=_RELAYED)
+                yield result
         except BaseException:  # Ctrl-C (the workers ignore it), a failed run: end the other runs now
             for worker in workers:
                 worker.terminate()
             raise
+
+
+# What the workers' warnings were shown under: the default filter shows each once per process.
+_RELAYED: dict = {}
+
+
+def _relaying_warnings(function, task):
+    """`function(task)` in a worker, and the warnings it raised, for the parent to show."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = function(task)
+    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 def _start_worker() -> None:

@@ -1,5 +1,6 @@
 import os
 import re
+import warnings
 from concurrent.futures.process import BrokenProcessPool
 
 import keras_finetune_cli
@@ -159,6 +160,14 @@ def test_run_demo_puts_each_workers_runs_in_their_seeds_place():
     here = demo.run_demo(seeds=3, first_seed=4, epochs=2, rows=rows, report=None, print_fn=lambda _: None)
     assert [a for a, _ in spread[demo.PROBE]] == [a for a, _ in here[demo.PROBE]]
     assert len(set(a for a, _ in here[demo.PROBE])) == 3  # three seeds, three different results
+
+
+def test_the_workers_warnings_are_shown_once_each_as_the_demo_in_one_process_shows_them():
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        assert list(demo._map(warnings.warn, ["swa=0.75 of 2 epochs", "other", "swa=0.75 of 2 epochs"] * 2, jobs=2)) == [None] * 6
+    assert sorted(str(w.message) for w in shown) == ["other", "swa=0.75 of 2 epochs"]
+    assert {w.category for w in shown} == {UserWarning}
 
 
 def test_a_worker_that_dies_ends_the_demo_instead_of_leaving_it_waiting():
