@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_finetune.blocks import all_layers, children, units
+from keras_finetune.validation import check_layer
 
 __all__ = [
     "batchnorm_layers",
@@ -38,14 +39,6 @@ __all__ = [
 _UNTRAINED_MOMENTUM = 0.9
 
 
-def _check_layer(value, argument: str) -> None:
-    if not isinstance(value, keras.layers.Layer):
-        raise TypeError(
-            f"`{argument}` must be a keras Layer or Model. "
-            f"Received: {argument}={value!r} of type {type(value).__name__}"
-        )
-
-
 def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
     """Every `keras.layers.BatchNormalization` inside `model_or_layer`.
 
@@ -58,7 +51,7 @@ def batchnorm_layers(model_or_layer: keras.layers.Layer) -> list:
     Returns:
         A list of BatchNormalization layers, in depth-first order.
     """
-    _check_layer(model_or_layer, "model_or_layer")
+    check_layer(model_or_layer, "model_or_layer")
     return [
         layer
         for layer in all_layers(model_or_layer)
@@ -159,12 +152,12 @@ def freeze(model_or_layer: keras.layers.Layer) -> keras.layers.Layer:
     >>> freeze(base).trainable_weights
     []
     """
-    _check_layer(model_or_layer, "model_or_layer")
+    check_layer(model_or_layer, "model_or_layer")
     model_or_layer.trainable = False
     return model_or_layer
 
 
-def _named_layer(base_model: keras.Model, from_layer, what: str = "`from_layer` must name", received: str | None = None):
+def named_layer(base_model: keras.Model, from_layer, what: str = "`from_layer` must name", received: str | None = None):
     """`from_layer` as a layer of `base_model`, nested ones included; a ValueError that starts with `what`."""
     layers = all_layers(base_model)[1:]
     if isinstance(from_layer, str):
@@ -177,7 +170,7 @@ def _named_layer(base_model: keras.Model, from_layer, what: str = "`from_layer` 
             f"{what} a layer of {base_model.name!r}, nested ones included "
             f"(known: {shown}). {received or f'Received: from_layer={from_layer!r}'}"
         )
-    _check_layer(from_layer, "from_layer")
+    check_layer(from_layer, "from_layer")
     if not any(layer is from_layer for layer in layers):
         raise ValueError(f"`from_layer` is not a layer of {base_model.name!r}. Received: from_layer={from_layer.name!r}")
     return from_layer
@@ -204,7 +197,7 @@ def _first_unfrozen_unit(base_model: keras.Model, found: list, top, from_layer) 
         return len(found) - int(top)
     if from_layer is None:
         return 0
-    index = found.index_of(_named_layer(base_model, from_layer))
+    index = found.index_of(named_layer(base_model, from_layer))
     return len(found) if index is None else index
 
 
@@ -309,7 +302,7 @@ class TrainableSummary(dict):
         return "\n".join(lines)
 
 
-def _size(variables) -> int:
+def parameter_count(variables) -> int:
     return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))
 
 
@@ -337,7 +330,7 @@ def trainable_summary(model: keras.layers.Layer) -> TrainableSummary:
     >>> trainable_summary(model)["trainable_params"]
     10
     """
-    _check_layer(model, "model")
+    check_layer(model, "model")
     trainable_ids = {id(v) for v in model.trainable_weights}
     leaves = [
         layer
@@ -350,8 +343,8 @@ def trainable_summary(model: keras.layers.Layer) -> TrainableSummary:
     batchnorm = batchnorm_layers(model)
     batchnorm_training = sum(bool(layer.trainable) for layer in batchnorm)
     return TrainableSummary(
-        trainable_params=_size(model.trainable_weights),
-        non_trainable_params=_size(model.non_trainable_weights),
+        trainable_params=parameter_count(model.trainable_weights),
+        non_trainable_params=parameter_count(model.non_trainable_weights),
         trainable_layers=trainable_layers,
         frozen_layers=len(leaves) - trainable_layers,
         batchnorm_training=batchnorm_training,

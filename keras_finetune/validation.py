@@ -104,6 +104,14 @@ def check_pair(value, argument: str, low: float = -math.inf, high: float = math.
     return float(first), float(second)
 
 
+def check_layer(value, argument: str) -> None:
+    if not isinstance(value, keras.layers.Layer):
+        raise TypeError(
+            f"`{argument}` must be a keras Layer or Model. "
+            f"Received: {argument}={value!r} of type {type(value).__name__}"
+        )
+
+
 def check_epoch(value, argument: str) -> None:
     """A ValueError naming `argument` unless it is an int epoch >= 0 or a float fraction in [0, 1)."""
     if is_int(value):

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_finetune import backend
-from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+from keras_finetune.callbacks.batchnorm_statistics import trained_batchnorm_layers, update_batchnorm
 
 __all__ = ["WeightAverage"]
 
@@ -173,7 +173,7 @@ class WeightAverage:
     def evaluate(self, validation_data, prefix: str, bn_data=None, bn_steps=None) -> dict:
         """`model.evaluate` of the average (statistics recomputed over `bn_data` first), its logs prefixed."""
         with self.in_model():
-            if bn_data is not None and _trained_batchnorm_layers(self.model):
+            if bn_data is not None and trained_batchnorm_layers(self.model):
                 update_batchnorm(self.model, bn_data, steps=bn_steps)
             if isinstance(validation_data, tuple):
                 results = self.model.evaluate(*validation_data, verbose=0, return_dict=True)

@@ -19,8 +19,8 @@ import numpy as np
 
 from keras_finetune import backend
 from keras_finetune.blocks import all_layers
-from keras_finetune.freezing import _check_layer, batchnorm_layers
-from keras_finetune.validation import check_count
+from keras_finetune.freezing import batchnorm_layers
+from keras_finetune.validation import check_count, check_layer
 
 __all__ = ["update_batchnorm"]
 
@@ -42,14 +42,14 @@ def _batches(data, steps: int | None, batch_size: int):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _trained_batchnorm_layers(model) -> list:
+def trained_batchnorm_layers(model) -> list:
     """The BatchNormalization layers whose statistics `fit` updates: the trainable ones."""
     return [layer for layer in batchnorm_layers(model) if layer.trainable]
 
 
 def _select(model, layers) -> list:
     if layers is None:
-        return _trained_batchnorm_layers(model)
+        return trained_batchnorm_layers(model)
     every = batchnorm_layers(model)
     for layer in layers:
         if not any(layer is known for known in every):
@@ -117,7 +117,7 @@ def update_batchnorm(
         Izmailov et al., Averaging Weights Leads to Wider Optima and Better
         Generalization, arXiv 1803.05407 (section 3.2, batch normalization).
     """
-    _check_layer(model, "model")
+    check_layer(model, "model")
     if steps is not None:
         check_count(steps, "steps", 1)
     check_count(batch_size, "batch_size", 1)

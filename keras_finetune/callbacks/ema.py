@@ -18,7 +18,7 @@ import numpy as np
 from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.callbacks._averaging import WeightAverage
-from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+from keras_finetune.callbacks.batchnorm_statistics import trained_batchnorm_layers, update_batchnorm
 from keras_finetune.validation import check_bool, check_count, check_fraction
 
 __all__ = ["EMA"]
@@ -223,7 +223,7 @@ class EMA(keras.callbacks.Callback):
     def _training(self) -> list:
         """Whether each averaged weight trains now: read after every callback's on_epoch_begin (phases)."""
         training = {id(v) for v in self.model.trainable_variables}
-        for layer in _trained_batchnorm_layers(self.model):
+        for layer in trained_batchnorm_layers(self.model):
             training.update(id(v) for v in layer.non_trainable_weights)
         return [id(v) in training for v in self._average.variables]
 
@@ -253,7 +253,7 @@ class EMA(keras.callbacks.Callback):
             )
             return
         self._average.put_into_model()
-        if self.bn_data is not None and _trained_batchnorm_layers(self.model):
+        if self.bn_data is not None and trained_batchnorm_layers(self.model):
             update_batchnorm(self.model, self.bn_data, steps=self.bn_steps)
         if self.backup_dir is not None:
             self._average.remove_files(self.backup_dir, _STEM)

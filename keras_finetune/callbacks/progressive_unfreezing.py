@@ -19,7 +19,7 @@ import numpy as np
 from keras_finetune import backend
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.blocks import all_layers, units
-from keras_finetune.freezing import _named_layer, _size, batchnorm_to_freeze, describe_units, unfreeze
+from keras_finetune.freezing import batchnorm_to_freeze, describe_units, named_layer, parameter_count, unfreeze
 from keras_finetune.validation import check_positive, is_int
 
 __all__ = ["ProgressiveUnfreezing"]
@@ -54,7 +54,7 @@ def _check_phase(value, base_model: keras.Model, found):
         return "all"
     if isinstance(value, str):
         what = '`schedule` values must be 0, an int N, "all", or the name of'
-        return _named_layer(base_model, value, what, f"Received: schedule value {value!r}").name
+        return named_layer(base_model, value, what, f"Received: schedule value {value!r}").name
     raise ValueError(
         '`schedule` values must be 0, an int N, "all", or the name of a layer of the base. '
         f"Received: schedule value {value!r}"
@@ -308,7 +308,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
         rate = _optimizer.current_learning_rate(self.model.optimizer)
         print(
             f"Epoch {epoch + 1}: ProgressiveUnfreezing: {self.base_model.name!r} "
-            f"{what}; {_size(self.model.trainable_variables):,} trainable parameters; "
+            f"{what}; {parameter_count(self.model.trainable_variables):,} trainable parameters; "
             f"learning rate {rate:.3g}"
         )
 
@@ -334,7 +334,7 @@ class ProgressiveUnfreezing(keras.callbacks.Callback):
             self._warmup["target"] = None
         if logs is not None:
             logs["phase"] = self.phase_index(epoch)
-            logs["trainable_params"] = _size(self.model.trainable_variables)
+            logs["trainable_params"] = parameter_count(self.model.trainable_variables)
             logs["learning_rate"] = _optimizer.current_learning_rate(self.model.optimizer)
 
     def on_train_end(self, logs=None) -> None:

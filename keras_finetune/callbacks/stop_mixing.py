@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 
 from keras_finetune import backend
-from keras_finetune.layers.mixing import _Mixing
+from keras_finetune.layers.mixing import MixingLayer
 from keras_finetune.validation import check_epoch, epoch_of
 
 __all__ = ["StopMixing"]
@@ -50,7 +50,7 @@ class StopMixing(keras.callbacks.Callback):
         super().__init__()
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         for layer in layers:
-            if not isinstance(layer, _Mixing):
+            if not isinstance(layer, MixingLayer):
                 raise TypeError(
                     "StopMixing needs keras_finetune MixUp, CutMix or MixUpOrCutMix layers. "
                     f"Received: layers containing {layer!r} of type {type(layer).__name__}"

@@ -19,7 +19,7 @@ import keras
 
 from keras_finetune.callbacks import _optimizer
 from keras_finetune.callbacks._averaging import WeightAverage
-from keras_finetune.callbacks.batchnorm_statistics import _trained_batchnorm_layers, update_batchnorm
+from keras_finetune.callbacks.batchnorm_statistics import trained_batchnorm_layers, update_batchnorm
 from keras_finetune.validation import check_count, check_epoch, check_positive, epoch_of
 
 __all__ = ["SWA"]
@@ -250,7 +250,7 @@ class SWA(keras.callbacks.Callback):
             average.remove_files(self.backup_dir, _STEM)
 
     def _update_batchnorm(self) -> None:
-        trainable = _trained_batchnorm_layers(self.model)
+        trainable = trained_batchnorm_layers(self.model)
         if not trainable:
             return
         if self.bn_data is not None:

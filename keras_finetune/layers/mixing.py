@@ -71,7 +71,7 @@ class _Switch:
         return np.bool_(self.value)
 
 
-class _Mixing(DataLayer):
+class MixingLayer(DataLayer):
     """Input handling, label preparation, the on/off switch and config of the mixing layers."""
 
     # The dtype images of an integer type come back as; None keeps the type.
@@ -328,7 +328,7 @@ def _cut_images(ops, images, boxes, permutation, data_format):
 
 
 @keras.saving.register_keras_serializable(package="keras_finetune")
-class MixUp(_Mixing):
+class MixUp(MixingLayer):
     """MixUp for `(images, labels)` batches: blend each sample with a random partner.
 
     Each sample `i` gets `λ_i ~ Beta(α, α)` and a partner `p(i)` from one
@@ -384,7 +384,7 @@ class MixUp(_Mixing):
 
 
 @keras.saving.register_keras_serializable(package="keras_finetune")
-class CutMix(_Mixing):
+class CutMix(MixingLayer):
     """CutMix for `(images, labels)` batches: paste a box from a random partner.
 
     Sample `i` draws `λ_i ~ Beta(α, α)` and a box of `√(1−λ_i)` times the
@@ -451,7 +451,7 @@ class CutMix(_Mixing):
 
 
 @keras.saving.register_keras_serializable(package="keras_finetune")
-class MixUpOrCutMix(_Mixing):
+class MixUpOrCutMix(MixingLayer):
     """Per batch: mix with probability `prob`, by CutMix with probability `switch_prob`, else MixUp.
 
     timm's `Mixup` in batch mode. One uniform draw per batch decides whether

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 
 from keras_finetune import backend
-from keras_finetune.layers.mixing import _Mixing
+from keras_finetune.layers.mixing import MixingLayer
 from keras_finetune.validation import class_ids
 
 __all__ = ["MixingModel"]
@@ -61,7 +61,7 @@ class MixingModel(keras.Model):
                 f"MixingModel needs `model` to be a keras.Model. Received: model={model!r} "
                 f"of type {type(model).__name__}"
             )
-        if mixing is not None and not isinstance(mixing, _Mixing):
+        if mixing is not None and not isinstance(mixing, MixingLayer):
             raise TypeError(
                 "MixingModel needs `mixing` to be a keras_finetune MixUp, CutMix or "
                 f"MixUpOrCutMix layer, or None. Received: mixing={mixing!r} of type {type(mixing).__name__}"
