@@ -7,8 +7,9 @@ train step; this times the train functions `fit` calls, taken from the
 model: bare; with `EMA(0.999)` updating after every step and after every
 10th; and, as the reference users have today, the same model compiled with
 `SGD(use_ema=True)` (Keras's own EMA of the trainable variables inside the
-step). Blocks of 5 steps of each in turn, `--rounds` times; median seconds
-per step and the ratio to the bare step.
+step); and EMA's update alone, called without a step, the floor of what
+it can cost inside one. Blocks of 5 steps (or updates) of each in turn,
+`--rounds` times; median seconds per step and the ratio to the bare step.
 
 What EMA is worth in accuracy is measured on the demo task by
 `benchmarks/playbook_parts.py`.
@@ -51,11 +52,13 @@ def main():
     for fitted in (model, keras_ema):
         fitted.fit(dataset, epochs=1, verbose=0)  # builds the optimizers
     model.make_train_function(force=True)
+    every_step = EMA(0.999)
     functions = {
         "bare train step": model.train_function,
-        "EMA, every step": with_ema(model, EMA(0.999)),
+        "EMA, every step": with_ema(model, every_step),
         "EMA, every 10th step": with_ema(model, EMA(0.999, every_n_steps=10)),
         "Keras SGD(use_ema=True)": keras_ema.train_function,
+        "EMA's update alone": lambda batches: (every_step._average.update(), {"loss": every_step._average.counts[0]})[1],
     }
     batches = iter(tf.distribute.get_strategy().experimental_distribute_dataset(dataset.repeat()))
     for function in functions.values():  # traced before timing
@@ -66,7 +69,7 @@ def main():
             start = time.perf_counter()
             for _ in range(5):
                 logs = function(batches)
-            float(logs["loss"])  # the steps are done
+            float(logs["loss"])  # the steps (or updates) are done
             seconds[name].append((time.perf_counter() - start) / 5)
     weights = sum(int(np.prod(v.shape)) for v in model.weights)
     print(
