@@ -162,9 +162,20 @@ def _fit_inputs(model, train_data, validation_data, batch_size, classes, epochs,
     validation = None if validation_data is None else _step_batches(validation_data, "validation_data", batch_size, classes, seed)
     with _scope(strategy):  # the layers' seeds are variables of the step
         augment, mix = _random_layers(augmentation, mixing, model.input_shape[-1], classes, seed)
-        fitted = MixingModel(model, mix, augmentation=augment)  # which also makes integer labels one-hot
+        # Which also makes integer labels one-hot. Named as a MixingModel would be (not after this private class).
+        fitted = _SavesTheClassifier(model, mix, augmentation=augment, name="mixing_model")
     follow = [train.follow_epochs()] if isinstance(train, ArrayBatches) else []
     return fitted, train, validation, None, train, follow
+
+
+class _SavesTheClassifier(MixingModel):
+    """`fine_tune`'s wrapper, which the callbacks see as their model: saved whole (a `ModelCheckpoint`
+    among the caller's callbacks), it writes the classifier, which reloads with `keras` alone and
+    predicts the same. Its weights (`save_weights`, what `backup_dir` holds) stay the wrapper's,
+    the random layers' states and the optimizer's included."""
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        return self.model.save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
 
 
 def _classifier(model, num_classes, base_model, head, input_shape, strategy) -> tuple[keras.Model, keras.Model, int]:

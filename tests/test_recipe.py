@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Snapshots, changed, make_base, needs_multi_optimizer, snapshot, with_statistics
+from conftest import Snapshots, changed, fresh_process, make_base, needs_multi_optimizer, snapshot, with_statistics
 
 from keras_finetune import fine_tune
 from keras_finetune.array_batches import ArrayBatches
@@ -384,6 +384,25 @@ def test_one_cycle_refuses_data_of_unknown_length(data):
     unknown = tf.data.Dataset.from_tensor_slices(data).filter(lambda x, y: True).batch(16)
     with pytest.raises(ValueError, match=r"unknown length.*Received: schedule=\"one_cycle\""):
         fine_tune(base_weights(), unknown, num_classes=4, epochs=8, frozen_epochs=2, schedule="one_cycle", verbose=0)
+
+
+def test_a_checkpoint_of_the_step_path_is_the_classifier_and_reloads_with_keras_alone(data, tmp_path):
+    """The callbacks see MixingModel there; a ModelCheckpoint of it writes the classifier, not the wrapper."""
+    path = tmp_path / "last.keras"
+    history = fine_tune(
+        base_weights(), ArrayBatches(*data, 16, 4, seed=3), num_classes=4, epochs=3, frozen_epochs=1, augmentation=False, swa=None,
+        seed=3, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(str(path))],
+    )
+    np.save(tmp_path / "images.npy", data[0])
+    reloaded = fresh_process(f"""
+import sys, keras, numpy as np
+model = keras.saving.load_model({str(path)!r})
+np.save({str(tmp_path / "predicted.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+print(type(model).__name__, [m for m in sys.modules if m.startswith("keras_finetune")])
+""")
+    assert reloaded.split() == ["Functional", "[]"]
+    predicted = np.load(tmp_path / "predicted.npy")  # the last epoch's weights, which fit ends with (no SWA)
+    np.testing.assert_allclose(predicted, history.model.predict(data[0], verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_fine_tune_on_a_py_dataset_equals_the_same_parts_assembled_by_hand(data):
