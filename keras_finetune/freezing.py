@@ -303,6 +303,7 @@ class TrainableSummary(dict):
 
 
 def parameter_count(variables) -> int:
+    """The number of scalars in `variables` (a model's trainable weights, say)."""
     return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))
 
 
