@@ -58,7 +58,8 @@ def _in_process(data, batch_size: int, n: int, views):
     augmentation = None
     for batch in batches:
         batch = keras.ops.convert_to_numpy(batch)
-        augmentation = augmentation or views(*batch.shape[1:3])
+        if augmentation is None:  # made once, from the first batch's size
+            augmentation = views(*batch.shape[1:3])
         drawn = augmentation(keras.ops.repeat(batch, n, axis=0), training=True)
         yield batch, keras.ops.convert_to_numpy(drawn).astype(batch.dtype)
 
