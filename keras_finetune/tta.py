@@ -61,7 +61,7 @@ def _in_process(data, batch_size: int, n: int, views):
         if augmentation is None:  # made once, from the first batch's size
             augmentation = views(*batch.shape[1:3])
         drawn = augmentation(keras.ops.repeat(batch, n, axis=0), training=True)
-        yield batch, keras.ops.convert_to_numpy(drawn).astype(batch.dtype)
+        yield batch, keras.ops.convert_to_numpy(drawn).astype(batch.dtype, copy=False)  # `_stacked` copies it
 
 
 def _stacked(plain: np.ndarray, drawn: np.ndarray, n: int, flip: bool, beta: float) -> np.ndarray:
